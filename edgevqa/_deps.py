@@ -1,0 +1,33 @@
+"""Import optional dependencies lazily, with an install hint instead of a bare ImportError."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from edgevqa.errors import MissingDependencyError
+
+# module -> extra that provides it
+_EXTRA = {
+    "torch": "train",
+    "transformers": "train",
+    "peft": "train",
+    "safetensors": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "matplotlib": "bench",
+    "psutil": "bench",
+    "tensorrt": "trt",
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        extra = _EXTRA.get(module.split(".")[0], "dev")
+        hint = "pip install torch==2.13.0 first, then " if extra == "train" else ""
+        raise MissingDependencyError(
+            f"{module} is not installed ({e}); {hint}pip install 'edgevqa[{extra}]'"
+        ) from None

@@ -1,0 +1,192 @@
+"""The bundle: the only contract between export (torch side) and runtime (torch-free side).
+
+A bundle is a directory::
+
+    bundle/
+      manifest.json          # this module's Manifest, schema_version 1
+      tokenizer.json         # a `tokenizers` tokenizer (HF fast-tokenizer format)
+      fidelity.json          # the export's validation against PyTorch
+      fp32/vision_encoder.onnx, fp32/question_encoder.onnx, fp32/decoder_step.onnx
+      int8/...               # one folder per shipped precision
+
+Every file is listed in ``manifest.files`` with its sha256 and size; ``load_manifest`` verifies
+them, so a truncated copy or a tampered graph is refused before it is run.
+
+Example:
+    >>> m = load_manifest("bundle")           # doctest: +SKIP
+    >>> m.graph_path("bundle", "int8", "vision_encoder")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgevqa.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+FIDELITY = "fidelity.json"
+_MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a manifest is a few KB; refuse to parse a huge file
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image becomes ``pixel_values`` (the HF BLIP image processor's settings)."""
+
+    height: int
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: str = "bicubic"  # PIL filter name
+    rescale_factor: float = 1 / 255
+    do_convert_rgb: bool = True
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """Token ids and lengths the runtime needs; decoding stops at ``sep_id``."""
+
+    bos_id: int  # first decoder token ([DEC] for BLIP)
+    sep_id: int  # end of answer ([SEP]); what generate() stops on
+    pad_id: int
+    max_question_tokens: int
+    max_answer_tokens: int
+    clean_up_tokenization_spaces: bool = True
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Shape of the stacked KV cache: past_key/past_value are [layers, batch, heads, past, head_dim]."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass
+class Manifest:
+    family: str
+    image: ImageSpec
+    text: TextSpec
+    decoder: DecoderSpec
+    graphs: dict[str, GraphIO]  # graph name -> io names (same for every precision)
+    precisions: dict[str, dict[str, str]]  # precision -> graph name -> relative file path
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # rel path -> {sha256, bytes}
+    default_precision: str = "fp32"
+    source: dict[str, Any] = field(default_factory=dict)  # run dir, base model, lora
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def graph_path(self, bundle: str | Path, precision: str, graph: str) -> Path:
+        return Path(bundle) / self.precisions[precision][graph]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["graphs"] = {k: {"inputs": list(v.inputs), "outputs": list(v.outputs)} for k, v in self.graphs.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        try:
+            return cls(
+                family=d["family"],
+                image=ImageSpec(**{**d["image"], "mean": tuple(d["image"]["mean"]), "std": tuple(d["image"]["std"])}),
+                text=TextSpec(**d["text"]),
+                decoder=DecoderSpec(**d["decoder"]),
+                graphs={k: GraphIO(tuple(v["inputs"]), tuple(v["outputs"])) for k, v in d["graphs"].items()},
+                precisions=d["precisions"],
+                files=d.get("files", {}),
+                default_precision=d.get("default_precision", "fp32"),
+                source=d.get("source", {}),
+                versions=d.get("versions", {}),
+                schema_version=d["schema_version"],
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise BundleError(f"manifest.json is malformed ({type(e).__name__}: {e})") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_files(bundle: str | Path, rel_paths: list[str]) -> dict[str, dict[str, Any]]:
+    """sha256 and size of each file, for ``Manifest.files``."""
+    bundle = Path(bundle)
+    return {p: {"sha256": sha256_file(bundle / p), "bytes": (bundle / p).stat().st_size} for p in rel_paths}
+
+
+def write_manifest(bundle: str | Path, manifest: Manifest) -> None:
+    from edgevqa import atomic
+
+    atomic.write_json(Path(bundle) / MANIFEST, manifest.to_dict())
+
+
+def load_manifest(bundle: str | Path, precision: str | None = None, verify: bool = True) -> Manifest:
+    """Read and check a bundle's manifest.
+
+    Args:
+        bundle: the bundle directory.
+        precision: verify only this precision's graphs (plus the shared files); None verifies all.
+        verify: check every file's sha256 against the manifest.
+
+    Raises:
+        BundleError: missing, malformed, other schema, missing or tampered files.
+    """
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not bundle.exists():
+        raise BundleError(f"bundle not found: {bundle} (create one with `edgevqa export RUN --out {bundle}`)")
+    if not path.is_file():
+        raise BundleError(f"{bundle} is not an edgevqa bundle: no {MANIFEST} in it")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is too large to be a manifest")
+    try:
+        raw = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path} is not an edgevqa manifest")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"bundle schema_version {raw.get('schema_version')!r} is not supported by this edgevqa "
+            f"(expects {SCHEMA_VERSION}); re-export it with this version"
+        )
+    m = Manifest.from_dict(raw)
+    if precision is not None and precision not in m.precisions:
+        raise BundleError(f"precision {precision!r} is not in this bundle; it has {sorted(m.precisions)}")
+    if verify:
+        verify_files(bundle, m, precision)
+    return m
+
+
+def verify_files(bundle: Path, m: Manifest, precision: str | None = None) -> None:
+    wanted = set(m.files)
+    if precision is not None:
+        others = {p for prec, g in m.precisions.items() if prec != precision for p in g.values()}
+        wanted -= others - set(m.precisions[precision].values())
+    needed = {TOKENIZER} | {p for prec in ([precision] if precision else m.precisions) for p in m.precisions[prec].values()}
+    if missing := sorted(needed - set(m.files)):
+        raise BundleError(f"manifest lists no checksum for {missing}; the bundle is incomplete")
+    for rel in sorted(wanted):
+        f = bundle / rel
+        if not f.is_file():
+            raise BundleError(f"bundle file missing: {f}")
+        info = m.files[rel]
+        if f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
+            raise BundleError(f"bundle file {rel} does not match its sha256 in manifest.json (corrupt or modified)")

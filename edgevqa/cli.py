@@ -1,0 +1,203 @@
+"""edgevqa command line. Each command: flags -> config dataclass -> lazy import -> call.
+
+Heavy modules (torch, transformers, onnxruntime) are imported inside the commands, so
+``edgevqa --help`` answers at once. A user error (EdgeVQAError) ends as one line on stderr and
+a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgevqa.errors import EdgeVQAError, InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt a small VLM to radiology VQA and ship it as a verified, torch-free ONNX bundle.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded synthetic default.")
+app.add_typer(data_app, name="data")
+
+
+def _setup_logging(verbose: bool = True) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr)
+    for noisy in ("torch", "transformers", "peft", "onnxscript", "onnx_ir", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _precisions(values: list[str]) -> list[str]:
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write (images/, train/val/test.jsonl, dataset.json).")],
+    n: Annotated[int, typer.Option(help="Number of images (each gets several questions).")] = 3000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same files.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Write the deterministic synthetic radiology VQA set (x-ray / CT / MRI; chest / brain / abdomen)."""
+    from edgevqa.data.synth import SynthConfig, generate
+
+    if n < 10:
+        raise InputError("--n must be at least 10 images (train/val/test each need some)")
+    summary = generate(out, SynthConfig(n_images=n, seed=seed), overwrite=overwrite)
+    typer.echo(json.dumps({"out": str(out), "splits": summary.get("splits", summary)}, default=str))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset folder with train.jsonl and val.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    base: Annotated[str, typer.Option(help="tiny-blip, a Hugging Face id (Salesforce/blip-vqa-base), a model "
+                                            "folder or a previous RUN.")] = "tiny-blip",
+    lora: Annotated[bool, typer.Option("--lora/--no-lora", help="Train a LoRA adapter (peft).")] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    freeze_vision: Annotated[bool, typer.Option(help="Keep the vision encoder fixed.")] = False,
+    epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 10.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = 0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine).")] = 5e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 32,
+    image_size: Annotated[int, typer.Option(help="Input size of the tiny-blip preset.")] = 96,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    eval_every: Annotated[int, typer.Option(help="Validation every N steps (0: only at the end).")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train BLIP VQA on a dataset folder (full weights, or LoRA with --lora)."""
+    from edgevqa.config import TrainConfig
+    from edgevqa.train import train as run_train
+
+    cfg = TrainConfig(base=base, data=str(data), out=str(out), lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r,
+                      freeze_vision=freeze_vision, epochs=epochs, max_steps=max_steps, lr=lr,
+                      warmup_steps=warmup_steps, batch_size=batch_size, image_size=image_size, seed=seed,
+                      eval_every=eval_every)
+    run = run_train(cfg, resume=resume)
+    report = json.loads((run / "eval.json").read_text())
+    test = report.get("test") or report.get("val", {})
+    typer.echo(f"run written to {run}; test exact match {test.get('accuracy', {}).get('overall', float('nan')):.3f} "
+               f"(majority baseline {test.get('baseline', {}).get('overall', float('nan')):.3f})")
+    typer.echo(f"next: edgevqa export {run} --out {run}-bundle")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Training run folder.")],
+    out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
+    precision: Annotated[list[str], typer.Option(help="fp32 and/or int8 (repeat or comma-separate); the first "
+                                                      "is the bundle's default.")] = ["fp32", "int8"],  # noqa: B006
+    data: Annotated[Optional[Path], typer.Option(help="Dataset for validation (default: the run's).")] = None,  # noqa: UP007
+    validate_limit: Annotated[int, typer.Option(help="Validation questions compared with PyTorch (0: all).")] = 200,
+    min_agreement: Annotated[float, typer.Option(help="Refuse the export below this answer agreement.")] = 0.98,
+    force: Annotated[bool, typer.Option(help="Write the bundle even if validation fails.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+) -> None:
+    """Merge LoRA, export ONNX graphs, quantize, validate against PyTorch and write a bundle."""
+    from edgevqa.config import ExportConfig
+    from edgevqa.export import export as run_export
+
+    cfg = ExportConfig(run=str(run), out=str(out), precisions=_precisions(precision), validate_limit=validate_limit,
+                       min_agreement=min_agreement, force=force, overwrite=overwrite)
+    bundle = run_export(cfg, data=str(data) if data else None)
+    typer.echo(f"next: edgevqa ask IMAGE \"QUESTION\" --model {bundle}")
+
+
+@app.command()
+def ask(
+    image: Annotated[str, typer.Argument(help="Image file (PNG, JPEG, ...).")],
+    question: Annotated[str, typer.Argument(help="Question about the image.")],
+    model: Annotated[Path, typer.Option(help="Bundle folder written by `edgevqa export`.")],
+    precision: Annotated[Optional[str], typer.Option(help="Precision to run (default: the bundle's).")] = None,  # noqa: UP007
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON with per-stage milliseconds.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+) -> None:
+    """Answer a question about an image from a bundle (torch-free runtime)."""
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.runtime.images import load_image
+
+    if not question.strip():
+        raise InputError("the question is empty")
+    img = load_image(image)  # bad images fail before the bundle is loaded
+    pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads)
+    ans = pipe.ask(img, question)
+    if as_json:
+        typer.echo(json.dumps({"answer": ans.text, "token_ids": ans.token_ids, "precision": pipe.precision,
+                               "timings_ms": ans.timings_ms}))
+    else:
+        typer.echo(ans.text)
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Report folder (report.json, report.md, plot).")],
+    model: Annotated[Optional[Path], typer.Option(help="Bundle to benchmark on --data.")] = None,  # noqa: UP007
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder; its test split is answered.")] = None,  # noqa: UP007
+    run: Annotated[Optional[Path], typer.Option(help="Training run for the PyTorch side (default: the "
+                                                     "bundle's source run).")] = None,  # noqa: UP007
+    arch: Annotated[Optional[str], typer.Option(help="Benchmark a random-weight architecture instead "
+                                                     "(blip-vqa-base: the full-size model).")] = None,  # noqa: UP007
+    limit: Annotated[int, typer.Option(help="Test questions to answer (0: all).")] = 0,
+    repeats: Annotated[int, typer.Option(help="Timed answers per backend with --arch.")] = 10,
+    answer_tokens: Annotated[int, typer.Option(help="Answer length in tokens with --arch.")] = 8,
+) -> None:
+    """Latency, memory and fidelity: PyTorch vs every ONNX precision, in one run."""
+    from edgevqa import bench as bench_mod
+
+    if arch:
+        report = bench_mod.bench_arch(arch, Path(out), repeats=repeats, answer_tokens=answer_tokens)
+    else:
+        if model is None or data is None:
+            raise InputError("bench needs --model BUNDLE and --data DIR (or --arch blip-vqa-base)")
+        report = bench_mod.bench_bundle(model, data, Path(out), run=run, limit=limit)
+    typer.echo(bench_mod.markdown_table(report))
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where data, runs, bundle and report go.")] = Path("work/demo"),
+    fast: Annotated[bool, typer.Option(help="A much shorter run (smoke test; accuracy will be low).")] = False,
+) -> None:
+    """The whole loop on the embedded default: synth data -> train -> LoRA -> export -> ask -> bench."""
+    from edgevqa import demo as demo_mod
+
+    typer.echo(demo_mod.run(workdir, fast=fast))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app and turns EdgeVQAError into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    _setup_logging()
+    try:
+        app(args=argv, prog_name="edgevqa", standalone_mode=False)
+    except EdgeVQAError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        # typer vendors click (typer._click): recognise its usage errors by shape, not by import
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            typer.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        if type(e).__name__ == "Exit":
+            sys.exit(getattr(e, "exit_code", 0))
+        if type(e).__name__ == "Abort":
+            sys.exit(1)
+        raise

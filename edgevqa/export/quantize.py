@@ -1,0 +1,27 @@
+"""Lower-precision copies of fp32 graphs.
+
+int8 is onnxruntime dynamic quantization: weights int8 per output channel, activations
+quantized on the fly. Only MatMul/Gemm with a constant weight are quantized: the patch-embedding
+Conv is slower in int8 on CPU, and quantizing activation x activation products (attention)
+costs accuracy for nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("edgevqa.export")
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        model_input=str(src), model_output=str(dst), weight_type=QuantType.QInt8, per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True},
+    )
+    return dst
+
+
+QUANTIZERS = {"int8": quantize_int8}
