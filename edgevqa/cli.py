@@ -122,7 +122,9 @@ def ask(
     """Answer a question about an image from a bundle (torch-free runtime)."""
     from edgevqa.runtime import VQAPipeline
     from edgevqa.runtime.images import load_image
+    from edgevqa.runtime.session import use_global_pool
 
+    use_global_pool(threads)  # this process is ours: one pool for the three graphs
     if not question.strip():
         raise InputError("the question is empty")
     img = load_image(image)  # bad images fail before the bundle is loaded

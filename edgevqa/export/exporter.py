@@ -61,6 +61,8 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     from transformers import AutoTokenizer
 
     run, out = Path(cfg.run), Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
     tcfg = merge.read_run(run)
     data = data or tcfg.data
     records = validation_records(data, cfg.validate_limit)
@@ -75,12 +77,12 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         merged = merge.merge_run(run, enc, images_for)
     model, image_spec = merged.loaded.model, merged.loaded.image
     spec = specs.get(FAMILY)
-    if out.exists() and not cfg.overwrite:
-        raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
     with atomic.directory(out, overwrite=cfg.overwrite) as tmp:
         write_graphs(model, spec, tmp, cfg.precisions)
         tok.backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
-        manifest = make_manifest(model, tok, tcfg, image_spec, spec, cfg, run, merged.lora)
+        manifest = make_manifest(model, tok, image_spec, spec, cfg.precisions, tcfg.max_question_tokens,
+                                 tcfg.max_answer_tokens, {"run": str(run.resolve()), "base": tcfg.base,
+                                                          "lora": merged.lora})
         bundle.write_manifest(tmp, manifest)
         with step("validate"):
             fidelity = validate_bundle(tmp, model, tok, spec, enc, records, images_for(image_spec), cfg,
@@ -88,11 +90,16 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
             fidelity["merge"] = merged.report or {"lora": False}
         atomic.write_json(tmp / bundle.FIDELITY, fidelity)
         gate(fidelity, cfg)
-        manifest.files = bundle.record_files(tmp, sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*")
-                                                         if p.is_file() and p.name != bundle.MANIFEST))
-        bundle.write_manifest(tmp, manifest)
+        seal(tmp, manifest)
     log.info("bundle written to %s", out)
     return out
+
+
+def seal(root: Path, manifest: bundle.Manifest) -> None:
+    """Record every file's sha256 in the manifest and write it: the bundle is complete."""
+    manifest.files = bundle.record_files(root, sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                                                      if p.is_file() and p.name != bundle.MANIFEST))
+    bundle.write_manifest(root, manifest)
 
 
 def write_graphs(model: Any, spec: specs.FamilySpec, root: Path, precisions: list[str]) -> None:
@@ -112,22 +119,21 @@ def write_graphs(model: Any, spec: specs.FamilySpec, root: Path, precisions: lis
         shutil.rmtree(fp32)
 
 
-def make_manifest(model: Any, tok: Any, tcfg: Any, image: bundle.ImageSpec, spec: specs.FamilySpec,
-                  cfg: ExportConfig, run: Path, lora: bool) -> bundle.Manifest:
+def make_manifest(model: Any, tok: Any, image: bundle.ImageSpec, spec: specs.FamilySpec, precisions: list[str],
+                  max_question_tokens: int, max_answer_tokens: int, source: dict[str, Any]) -> bundle.Manifest:
     tc = model.config.text_config
     return bundle.Manifest(
         family=spec.family,
         image=image,
         text=bundle.TextSpec(bos_id=tok.bos_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id,
-                             max_question_tokens=tcfg.max_question_tokens,
-                             max_answer_tokens=tcfg.max_answer_tokens,
+                             max_question_tokens=max_question_tokens, max_answer_tokens=max_answer_tokens,
                              clean_up_tokenization_spaces=bool(getattr(tok, "clean_up_tokenization_spaces", True))),
         decoder=bundle.DecoderSpec(num_layers=tc.num_hidden_layers, num_heads=tc.num_attention_heads,
                                    head_dim=tc.hidden_size // tc.num_attention_heads, vocab_size=tc.vocab_size),
         graphs={g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in spec.graphs},
-        precisions={p: {g.name: f"{p}/{g.name}.onnx" for g in spec.graphs} for p in cfg.precisions},
-        default_precision=cfg.precisions[0],
-        source={"run": str(run.resolve()), "base": tcfg.base, "lora": lora},
+        precisions={p: {g.name: f"{p}/{g.name}.onnx" for g in spec.graphs} for p in precisions},
+        default_precision=precisions[0],
+        source=source,
         versions=versions(),
     )
 

@@ -22,10 +22,13 @@ class DecodingOptions:
     eos_id: int  # ends an answer ([SEP])
     pad_id: int  # fed to finished sequences
     max_new_tokens: int  # upper bound on generated tokens, eos included
+    min_new_tokens: int = 0  # eos is suppressed before this many tokens (fixed-length benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("min_new_tokens must be between 0 and max_new_tokens")
 
 
 def greedy(step: Step, empty_past: np.ndarray, batch: int, opts: DecodingOptions) -> list[list[int]]:
@@ -41,9 +44,13 @@ def greedy(step: Step, empty_past: np.ndarray, batch: int, opts: DecodingOptions
     past_k, past_v = empty_past, empty_past
     done = np.zeros(batch, dtype=bool)
     out: list[list[int]] = [[] for _ in range(batch)]
-    for _ in range(opts.max_new_tokens):
+    for n in range(opts.max_new_tokens):
         logits, past_k, past_v = step(ids, past_k, past_v)
-        nxt = logits[:, -1, :].argmax(axis=-1)
+        last = logits[:, -1, :]
+        if n < opts.min_new_tokens:  # as transformers' MinNewTokensLogitsProcessor: eos can't win
+            last = last.copy()
+            last[:, opts.eos_id] = -np.inf
+        nxt = last.argmax(axis=-1)
         nxt = np.where(done, opts.pad_id, nxt)
         for i in np.flatnonzero(~done):
             out[i].append(int(nxt[i]))

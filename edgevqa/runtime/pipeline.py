@@ -96,7 +96,8 @@ class VQAPipeline:
         """Answer token ids (no bos; [SEP] kept when produced) and per-stage timings."""
         return self._decode(image_embeds, self.question_ids(question))
 
-    def _decode(self, image_embeds: np.ndarray, ids: np.ndarray) -> tuple[list[int], dict[str, float]]:
+    def _decode(self, image_embeds: np.ndarray, ids: np.ndarray, options: DecodingOptions | None = None,
+                ) -> tuple[list[int], dict[str, float]]:
         t0 = time.perf_counter()
         cross_k, cross_v = self.sessions["question_encoder"].run(
             None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": image_embeds})
@@ -108,12 +109,18 @@ class VQAPipeline:
                                   "cross_key": cross_k, "cross_value": cross_v})
 
         empty = np.zeros((*cross_k.shape[:3], 0, cross_k.shape[4]), dtype=cross_k.dtype)
-        out = greedy(step, empty, batch=1, opts=self.options)[0]
+        out = greedy(step, empty, batch=1, opts=options or self.options)[0]
         t2 = time.perf_counter()
         return out, {"question_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}
 
-    def ask(self, image: Any, question: str) -> Answer:
-        """Answer ``question`` about ``image`` (path, bytes or PIL image) greedily."""
+    def ask(self, image: Any, question: str, options: DecodingOptions | None = None) -> Answer:
+        """Answer ``question`` about ``image`` (path, bytes or PIL image) greedily.
+
+        Args:
+            image: a path, the file's bytes, or a PIL image.
+            question: the question; empty or whitespace-only raises InputError.
+            options: decoding limits (default: the bundle's max answer length).
+        """
         t0 = time.perf_counter()
         ids = self.question_ids(question)  # fail on a bad question before decoding the image
         img = image if hasattr(image, "mode") else load_image(image)
@@ -121,7 +128,7 @@ class VQAPipeline:
         t1 = time.perf_counter()
         embeds = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})[0]
         t2 = time.perf_counter()
-        out, timings = self._decode(embeds, ids)
+        out, timings = self._decode(embeds, ids, options)
         text = self.tokenizer.decode(out, self.manifest.text.clean_up_tokenization_spaces)
         timings = {"preprocess_ms": 1e3 * (t1 - t0), "vision_ms": 1e3 * (t2 - t1), **timings,
                    "total_ms": 1e3 * (time.perf_counter() - t0)}

@@ -1,9 +1,13 @@
-"""onnxruntime sessions that share one global thread pool.
+"""onnxruntime sessions that do not fight over the cores.
 
 Each InferenceSession normally owns a spinning intra-op pool; with three graphs per answer the
-pools fight over the cores (measured here: an answer ~40% slower). One process-wide pool, set
-before the first session exists, avoids that; where it cannot be set any more (a session was
-created elsewhere first) the sessions get their own pools with spinning switched off.
+pools fight over the cores (measured here: an answer ~40% slower). Two remedies, both measured
+best: one process-wide pool, or per-session pools with spinning switched off.
+
+The process-wide pool is opt-in (``use_global_pool``), for processes edgevqa owns (the CLI, the
+bench workers): once it exists, onnxruntime refuses every session in the process that asks for
+its own threads — including sessions created by the user's other code. Library callers get
+per-session pools without spinning, which leaves the rest of their process alone.
 """
 
 from __future__ import annotations
@@ -18,16 +22,17 @@ log = logging.getLogger("edgevqa.runtime")
 _global_pool: int | None = None
 
 
-def _ensure_global_pool(threads: int) -> bool:
+def use_global_pool(threads: int = 0) -> bool:
+    """Create the process-wide pool before any session exists; False if it is too late."""
     global _global_pool
     if _global_pool is not None:
         return True
     try:
-        ort.set_global_thread_pool_sizes(threads, 1)
-    except Exception as e:  # environment already created in this process
-        log.debug("global thread pool unavailable (%s); using per-session pools without spinning", e)
+        ort.set_global_thread_pool_sizes(threads or default_threads(), 1)
+    except Exception as e:  # the onnxruntime environment already exists in this process
+        log.debug("global thread pool unavailable (%s); per-session pools without spinning", e)
         return False
-    _global_pool = threads
+    _global_pool = threads or default_threads()
     return True
 
 
@@ -38,15 +43,14 @@ def default_threads() -> int:
 
 def make_session(path: str | Path, threads: int = 0,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
-    """An InferenceSession on ``path`` using the shared pool (``threads`` 0: every core)."""
-    threads = threads or default_threads()
+    """An InferenceSession on ``path`` (``threads`` 0: every core)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    if _ensure_global_pool(threads):
+    if _global_pool is not None:
         so.use_per_session_threads = False
     else:
-        so.intra_op_num_threads = threads
+        so.intra_op_num_threads = threads or default_threads()
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))

@@ -22,7 +22,7 @@ from edgevqa import atomic, config
 from edgevqa.config import TrainConfig
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
-from edgevqa.metrics import accuracy_by, majority_baseline
+from edgevqa.metrics import majority_predictions, vqa_accuracy
 from edgevqa.train import checkpoint, lora, models
 from edgevqa.train.data import Encoded, ImageCache, encode_records, group_key, make_batch
 from edgevqa.train.infer import generate_answers
@@ -87,7 +87,8 @@ def evaluate(model: Any, tok: Any, enc: Encoded, images: ImageCache, cfg: TrainC
                                                                      "answer_ids")])
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     out = generate_answers(base, tok, enc, images, cfg.max_answer_tokens, progress=progress)
-    return accuracy_by(out.texts, [r.answer for r in enc.records], [group_key(r) for r in enc.records])
+    recs = enc.records
+    return vqa_accuracy(out.texts, [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs])
 
 
 def final_report(model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, train_recs: list) -> dict[str, Any]:
@@ -101,8 +102,10 @@ def final_report(model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, tra
         report[split] = {
             "n": len(recs),
             "accuracy": evaluate(model, tok, enc, images, cfg, progress=True),
-            "baseline": majority_baseline([r.answer for r in train_recs], [group_key(r) for r in train_recs],
-                                          [r.answer for r in recs], [group_key(r) for r in recs]),
+            "baseline": vqa_accuracy(
+                majority_predictions([r.answer for r in train_recs], [group_key(r) for r in train_recs],
+                                     [group_key(r) for r in recs]),
+                [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs]),
         }
     return report
 

@@ -68,7 +68,39 @@ def build_tiny(tokenizer: Any, image_size: int, seed: int) -> Any:
     torch.manual_seed(seed)
     ids = {"bos_token_id": tokenizer.bos_token_id, "sep_token_id": tokenizer.sep_token_id,
            "pad_token_id": tokenizer.pad_token_id}
-    return BlipForQuestionAnswering(blip_config("tiny-blip", len(tokenizer), image_size, ids))
+    model = BlipForQuestionAnswering(blip_config("tiny-blip", len(tokenizer), image_size, ids))
+    init_sincos_positions(model)
+    return model
+
+
+def sincos_2d(grid: int, dim: int) -> Any:
+    """MAE-style fixed 2D sin-cos table [grid*grid, dim]: half the channels encode the row, half the column."""
+    import torch
+
+    def one_d(pos: Any, d: int) -> Any:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = pos.reshape(-1, 1).double() * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.cat([one_d(ys, dim // 2), one_d(xs, dim // 2)], dim=1).float()
+
+
+def init_sincos_positions(model: Any) -> None:
+    """Start the from-scratch vision tower with informative patch positions.
+
+    Random 0.02-std position embeddings carry almost no position signal at first; where a finding
+    lies (left or right) then stays at chance for thousands of steps. A sin-cos table gives every
+    patch a distinct, smooth position from step 0 (it stays trainable).
+    """
+    import torch
+
+    emb = model.vision_model.embeddings
+    pos = emb.position_embedding  # [1, 1 + grid*grid, dim]; index 0 is the class token
+    grid = int(round((pos.shape[1] - 1) ** 0.5))
+    with torch.no_grad():
+        pos[0, 1:] = sincos_2d(grid, pos.shape[2]).to(pos.dtype)
+        pos[0, 0] = 0.0
 
 
 def resolve_model_dir(base: str) -> Path | None:

@@ -1,0 +1,280 @@
+"""``edgevqa bench``: PyTorch vs every ONNX precision of a bundle, on the same inputs, in one run.
+
+Each backend runs in its own subprocess (bench_worker.py) one after the other, so latencies do
+not compete for cores and each peak RSS belongs to one backend. Reported per backend: exact-match
+accuracy (overall / closed / open / per category), agreement with PyTorch's answers, latency per
+answer (p50, p95, mean, std over all timed answers), peak RSS, bytes on disk; plus the
+majority-answer baseline. Output: report.json, report.md and latency_vs_agreement.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevqa import atomic
+from edgevqa.bundle import load_manifest
+from edgevqa.data.records import load_split
+from edgevqa.errors import InputError
+from edgevqa.metrics import agreement, majority_predictions, vqa_accuracy
+
+log = logging.getLogger("edgevqa.bench")
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="edgevqa-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        log.info("bench: %s on %d inputs", spec["backend"], len(spec["items"]))
+        proc = subprocess.run([sys.executable, "-m", "edgevqa.bench_worker", str(spec_path), str(out_path)],
+                              capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"bench worker {spec['backend']} failed:\n{tail}")
+        return json.loads(out_path.read_text())
+
+
+def latency_stats(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean()),
+            "std": float(a.std()), "n": int(a.size)}
+
+
+def dir_bytes(paths: list[Path]) -> int:
+    return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
+            "onnxruntime": onnxruntime.__version__}
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        info["cpu"] = cpu
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    return info
+
+
+def group(r: Any) -> str:
+    return f"{r.answer_type}/{r.category}"
+
+
+def torch_bytes(run: Path) -> int:
+    """Weights PyTorch loads for a run: its model/, or its base model plus the LoRA adapter."""
+    from edgevqa import config
+    from edgevqa.config import TrainConfig
+    from edgevqa.train.models import resolve_model_dir
+
+    if (run / "model").is_dir():
+        return dir_bytes([run / "model"])
+    base = resolve_model_dir(config.load(TrainConfig, run / "config.json").base)
+    return dir_bytes([p for p in (base, run / "adapter") if p is not None])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_bundle(bundle: Path, data: Path, out: Path, run: Path | None = None, limit: int = 0) -> dict[str, Any]:
+    """Answer the test split of ``data`` with PyTorch and every precision in ``bundle``."""
+    m = load_manifest(bundle)
+    run = Path(run or m.source.get("run", ""))
+    if not (run / "config.json").is_file():
+        raise InputError(f"bench needs the training run for the PyTorch side: {run} not found (pass --run RUN)")
+    test = load_split(data, "test")
+    test = test[:limit] if limit else test
+    items = [[str(r.image_path(data)), r.question] for r in test]
+    golds, types, cats = [r.answer for r in test], [r.answer_type for r in test], [r.category for r in test]
+    common = {"items": items, "warmup": 3, "repeats": 1, "max_new_tokens": m.text.max_answer_tokens,
+              "max_question_tokens": m.text.max_question_tokens}
+    backends: dict[str, Any] = {}
+    raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "run": str(run)})}
+    for p in m.precisions:
+        raw[f"onnx-{p}"] = run_worker({**common, "backend": f"onnx-{p}", "bundle": str(bundle)})
+    torch_answers = raw["torch-fp32"]["answers"]
+    sizes = {"torch-fp32": torch_bytes(run)}
+    sizes.update({f"onnx-{p}": dir_bytes([bundle / f for f in g.values()]) for p, g in m.precisions.items()})
+    for name, r in raw.items():
+        backends[name] = {
+            "accuracy": vqa_accuracy(r["answers"], golds, types, cats),
+            "agreement": agreement(torch_answers, r["answers"]),
+            "token_agreement": sum(a == b for a, b in zip(raw["torch-fp32"]["token_ids"], r["token_ids"])) / len(items),
+            "latency_ms": latency_stats(r["latency_ms"]),
+            "peak_rss_mb": r["peak_rss_mb"], "first_answer_s": r["first_answer_s"], "bytes": sizes[name],
+        }
+    train = load_split(data, "train")
+    baseline = vqa_accuracy(majority_predictions([r.answer for r in train], [group(r) for r in train],
+                                                 [group(r) for r in test]), golds, types, cats)
+    report = {
+        "kind": "bundle", "bundle": str(bundle), "data": str(data), "split": "test", "n": len(items),
+        "backends": backends,
+        "baseline": baseline,
+        "machine": machine(),
+    }
+    write_report(out, report)
+    return report
+
+
+def bench_arch(arch: str, out: Path, repeats: int = 10, answer_tokens: int = 8, question_tokens: int = 12,
+               precisions: tuple[str, ...] = ("fp32", "int8")) -> dict[str, Any]:
+    """A random-weight ``arch`` (blip-vqa-base: full size), exported here: PyTorch eager fp32 vs
+    each ONNX precision on one image and one question, answers of exactly ``answer_tokens``."""
+    from edgevqa.data.synth import vocabulary
+
+    work = out / "arch-work"
+    model_dir, bundle = work / "model", work / "bundle"
+    image, question = build_arch_bundle(arch, work, model_dir, bundle, precisions, list(vocabulary()),
+                                        question_tokens, answer_tokens)
+    common = {"items": [[str(image), question]], "warmup": 2, "repeats": repeats,
+              "max_new_tokens": answer_tokens, "min_new_tokens": answer_tokens, "max_question_tokens": 64}
+    raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "model_dir": str(model_dir)})}
+    for p in precisions:
+        raw[f"onnx-{p}"] = run_worker({**common, "backend": f"onnx-{p}", "bundle": str(bundle)})
+    ref = raw["torch-fp32"]
+    m = load_manifest(bundle, verify=False)
+    sizes = {"torch-fp32": dir_bytes([model_dir / "model.safetensors"])}
+    sizes.update({f"onnx-{p}": dir_bytes([bundle / f for f in g.values()]) for p, g in m.precisions.items()})
+    backends = {}
+    for name, r in raw.items():
+        lat = latency_stats(r["latency_ms"])
+        backends[name] = {
+            "latency_ms": lat, "speedup_vs_torch": latency_stats(ref["latency_ms"])["p50"] / lat["p50"],
+            "token_agreement": float(np.mean([a == b for a, b in zip(ref["token_ids"][0], r["token_ids"][0])])),
+            "peak_rss_mb": r["peak_rss_mb"], "rss_vs_torch": r["peak_rss_mb"] / ref["peak_rss_mb"],
+            "bytes": sizes[name], "first_answer_s": r["first_answer_s"],
+        }
+    report = {"kind": "arch", "arch": arch, "answer_tokens": answer_tokens, "question_tokens": question_tokens,
+              "repeats": repeats, "backends": backends, "machine": machine(),
+              "note": "random weights: accuracy is not meaningful and not reported"}
+    write_report(out, report)
+    return report
+
+
+def build_arch_bundle(arch: str, work: Path, model_dir: Path, bundle: Path, precisions: tuple[str, ...],
+                      words: list[str], question_tokens: int, answer_tokens: int) -> tuple[Path, str]:
+    """Random-weight model saved for PyTorch and exported for onnxruntime (same weights)."""
+    import torch
+    from PIL import Image
+    from transformers import BlipForQuestionAnswering
+
+    from edgevqa.export import specs
+    from edgevqa.export.exporter import make_manifest, seal, write_graphs
+    from edgevqa.train import models
+    from edgevqa.train.tokenizer import build_wordpiece_tokenizer
+
+    work.mkdir(parents=True, exist_ok=True)
+    tok = build_wordpiece_tokenizer(words, work / "tokenizer")
+    ids = {"bos_token_id": tok.bos_token_id, "sep_token_id": tok.sep_token_id, "pad_token_id": tok.pad_token_id}
+    torch.manual_seed(0)
+    cfg = models.blip_config(arch, token_ids=ids)
+    model = BlipForQuestionAnswering(cfg).eval()
+    spec_img = models.image_spec_for(cfg.vision_config.image_size)
+    log.info("bench: %s has %.1f M parameters", arch, sum(p.numel() for p in model.parameters()) / 1e6)
+    with atomic.directory(model_dir, overwrite=True) as tmp:
+        models.save_model_dir(models.Loaded(model, tok, spec_img, arch), tmp)
+    family = specs.get(models.FAMILY)
+    with atomic.directory(bundle, overwrite=True) as tmp:
+        write_graphs(model, family, tmp, list(precisions))
+        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        seal(tmp, make_manifest(model, tok, spec_img, family, list(precisions), 64, answer_tokens,
+                                {"arch": arch, "random_weights": True}))
+    rng = np.random.default_rng(0)
+    image = work / "image.png"
+    Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8), mode="L").save(image)
+    question = " ".join(w for w in (words * 4) if w.isalpha())  # trimmed to question_tokens below
+    enc = tok(question, add_special_tokens=True)["input_ids"][:question_tokens - 1] + [tok.sep_token_id]
+    return image, tok.decode(enc, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / "report.json", report)
+    atomic.write_text(out / "report.md", markdown_report(report))
+    plot(out, report)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    b = report["backends"]
+    if report["kind"] == "arch":
+        rows = ["| backend | p50 ms | p95 ms | speed-up vs torch | peak RSS MB | RSS vs torch | MB on disk | "
+                "token agreement |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in b.items():
+            rows.append(f"| {name} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
+                        f"{r['speedup_vs_torch']:.2f}x | {r['peak_rss_mb']:.0f} | {r['rss_vs_torch']:.2f}x | "
+                        f"{r['bytes'] / 1e6:.1f} | {_pct(r['token_agreement'])} |")
+        return "\n".join(rows)
+    rows = ["| backend | overall | closed | open | agreement w/ torch | p50 ms | p95 ms | peak RSS MB | MB on disk |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in b.items():
+        a = r["accuracy"]
+        rows.append(f"| {name} | {_pct(a['overall'])} | {_pct(a.get('closed'))} | {_pct(a.get('open'))} | "
+                    f"{_pct(r['agreement'])} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
+                    f"{r['peak_rss_mb']:.0f} | {r['bytes'] / 1e6:.2f} |")
+    base = report["baseline"]
+    rows.append(f"| majority baseline | {_pct(base['overall'])} | {_pct(base.get('closed'))} | "
+                f"{_pct(base.get('open'))} | | | | | |")
+    return "\n".join(rows)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    mach = report["machine"]
+    head = (f"# edgevqa bench ({report['kind']})\n\nMachine: {mach.get('cpu')}, {mach.get('cores')} cores, "
+            f"onnxruntime {mach.get('onnxruntime')}, Python {mach.get('python')}.\n\n")
+    if report["kind"] == "arch":
+        head += (f"{report['arch']} with random weights; one image, a {report['question_tokens']}-token question, "
+                 f"answers of exactly {report['answer_tokens']} tokens, {report['repeats']} timed answers per "
+                 "backend after warm-up; each backend in its own process.\n\n")
+        return head + markdown_table(report) + "\n"
+    head += (f"{report['n']} questions of the {report['split']} split of `{report['data']}`; latency is one "
+             "whole answer (image file to text), each backend in its own process.\n\n")
+    cats = sorted(report["baseline"]["by_category"])
+    names = list(report["backends"])
+    rows = ["| category | " + " | ".join(names) + " | majority baseline |", "|---" * (len(names) + 2) + "|"]
+    for c in cats:
+        vals = [_pct(report["backends"][n]["accuracy"]["by_category"].get(c)) for n in names]
+        rows.append(f"| {c} | " + " | ".join(vals) + f" | {_pct(report['baseline']['by_category'][c])} |")
+    return head + markdown_table(report) + "\n\n## Exact match per category\n\n" + "\n".join(rows) + "\n"
+
+
+def plot(out: Path, report: dict[str, Any]) -> None:
+    """latency_vs_agreement.png: p50 latency against agreement with PyTorch, one point per backend."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib not installed: no plot (pip install 'edgevqa[bench]')")
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    key = "token_agreement" if report["kind"] == "arch" else "agreement"
+    for name, r in report["backends"].items():
+        lat = r["latency_ms"]  # the bar runs from p50 to p95: the spread a user will feel
+        ax.errorbar(lat["p50"], 100 * r[key], xerr=[[0], [lat["p95"] - lat["p50"]]], fmt="o", capsize=3)
+        ax.annotate(name, (r["latency_ms"]["p50"], 100 * r[key]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("latency per answer, p50 (ms)")
+    ax.set_ylabel(("token" if report["kind"] == "arch" else "answer") + " agreement with PyTorch (%)")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out / ".latency_vs_agreement.png.tmp"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, out / "latency_vs_agreement.png")

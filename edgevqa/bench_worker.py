@@ -1,0 +1,105 @@
+"""One backend of ``edgevqa bench``, run in its own process so that its peak RSS is its own and
+the onnxruntime side never has torch loaded.
+
+    python -m edgevqa.bench_worker SPEC.json OUT.json
+
+SPEC: {"backend": "torch-fp32" | "onnx-<precision>", "bundle": dir, "run" or "model_dir": dir (torch),
+       "items": [[image_path, question], ...], "warmup": n, "repeats": n,
+       "max_new_tokens": n, "min_new_tokens": n, "threads": n}
+OUT:  {"answers": [...], "token_ids": [...], "latency_ms": [...], "load_s": s, "peak_rss_mb": mb}
+Latency is one whole answer: image file -> preprocessing -> graphs/model -> text.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def onnx_answerer(spec: dict[str, Any]):
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.runtime.decoding import DecodingOptions
+    from edgevqa.runtime.session import use_global_pool
+
+    if spec.get("global_pool", True):
+        use_global_pool(spec.get("threads", 0))
+    pipe = VQAPipeline.from_bundle(spec["bundle"], precision=spec["backend"].removeprefix("onnx-"),
+                                   threads=spec.get("threads", 0))
+    t = pipe.manifest.text
+    opts = DecodingOptions(t.bos_id, t.sep_id, t.pad_id, spec["max_new_tokens"], spec.get("min_new_tokens", 0))
+
+    def answer(image: str, question: str) -> tuple[str, list[int]]:
+        a = pipe.ask(image, question, opts)
+        return a.text, a.token_ids
+
+    return answer
+
+
+def torch_answerer(spec: dict[str, Any]):
+    import torch
+
+    from edgevqa.runtime.images import load_image
+    from edgevqa.runtime.preprocess import preprocess
+    from edgevqa.train.infer import strip_answer
+    from edgevqa.train.models import load_pretrained
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    if spec.get("run"):  # a training run: the merged model, exactly what export shipped
+        from edgevqa.export.merge import merge_run
+
+        loaded = merge_run(Path(spec["run"]), None, None).loaded
+    else:
+        loaded = load_pretrained(spec["model_dir"])
+    model, tok = loaded.model.eval(), loaded.tokenizer
+
+    def answer(image: str, question: str) -> tuple[str, list[int]]:
+        pixels = torch.from_numpy(preprocess(load_image(image), loaded.image))
+        ids = tok(question, truncation=True, max_length=spec.get("max_question_tokens", 32),
+                  return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=spec["max_new_tokens"], min_new_tokens=spec.get("min_new_tokens", 0),
+                                 do_sample=False, num_beams=1)
+        seq = strip_answer(out[0].tolist(), tok.sep_token_id, tok.pad_token_id)
+        return tok.decode(seq, skip_special_tokens=True), seq
+
+    return answer
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    answer = torch_answerer(spec) if spec["backend"].startswith("torch") else onnx_answerer(spec)
+    items = spec["items"]
+    answer(*items[0])  # first call pays lazy initialisation; counted in first_answer_s, not latency
+    load_s = time.perf_counter() - t0
+    for i in range(spec.get("warmup", 2)):
+        answer(*items[i % len(items)])
+    texts, ids, lat = [], [], []
+    for _ in range(spec.get("repeats", 1)):
+        for image, question in items:
+            s = time.perf_counter()
+            text, seq = answer(image, question)
+            lat.append(1e3 * (time.perf_counter() - s))
+            texts.append(text)
+            ids.append(seq)
+    n = len(items)
+    return {"answers": texts[:n], "token_ids": ids[:n], "latency_ms": lat, "first_answer_s": load_s,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    Path(sys.argv[2]).write_text(json.dumps(run(spec)))
+
+
+if __name__ == "__main__":
+    main()

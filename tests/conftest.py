@@ -1,0 +1,71 @@
+"""Shared fixtures: a small synthetic dataset, a tiny BLIP trained for a few steps, a LoRA run
+on top of it, and its exported bundle. All built once per test session, no downloads."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A process in which torch, transformers and peft cannot be imported (tests/test_imports.py).
+BLOCK_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "peft"}:
+            raise ImportError(f"blocked for this test: {name}")
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def edgevqa_cmd(*args: str, block_torch: bool = False) -> list[str]:
+    """argv that runs the CLI with this interpreter (optionally with torch blocked)."""
+    code = (BLOCK_TORCH if block_torch else "") + "import sys; from edgevqa.cli import main; main(sys.argv[1:])"
+    return [sys.executable, "-c", code, *args]
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    from edgevqa.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("data") / "synth"
+    generate(out, SynthConfig(n_images=80, seed=1), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory, synth_data) -> Path:
+    from edgevqa.config import TrainConfig
+    from edgevqa.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "base"
+    return train(TrainConfig(base="tiny-blip", data=str(synth_data), out=str(out), max_steps=40, lr=1e-3,
+                             warmup_steps=5, batch_size=16, eval_every=0, checkpoint_every=0, image_size=64,
+                             threads=1), progress=False)
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory, synth_data, base_run) -> Path:
+    from edgevqa.config import TrainConfig
+    from edgevqa.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    return train(TrainConfig(base=str(base_run), data=str(synth_data), out=str(out), lora=True, max_steps=10,
+                             lr=5e-3, warmup_steps=2, batch_size=16, eval_every=0, checkpoint_every=0,
+                             threads=1), progress=False)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, lora_run) -> Path:
+    from edgevqa.config import ExportConfig
+    from edgevqa.export import export
+
+    out = tmp_path_factory.mktemp("bundles") / "bundle"
+    # force: an almost untrained model can have near-ties that int8 flips; the gate has its own tests
+    return export(ExportConfig(run=str(lora_run), out=str(out), precisions=["fp32", "int8"], validate_limit=40,
+                               force=True), progress=False)

@@ -1,0 +1,27 @@
+"""edgevqa bench on the test bundle: every backend answers the same questions, one report."""
+
+from __future__ import annotations
+
+import json
+
+from edgevqa.bench import bench_bundle
+
+
+def test_bench_bundle_report(bundle, synth_data, tmp_path):
+    out = tmp_path / "report"
+    report = bench_bundle(bundle, synth_data, out, limit=8)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["n"] == 8 and set(saved["backends"]) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+    b = saved["backends"]
+    assert b["torch-fp32"]["agreement"] == 1.0
+    assert b["onnx-fp32"]["agreement"] == 1.0  # same answers as PyTorch on the same inputs
+    for r in b.values():
+        assert set(r["accuracy"]) >= {"overall", "closed", "open", "by_category"}
+        assert r["latency_ms"]["n"] == 8 and 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p95"]
+        assert r["peak_rss_mb"] > 0 and r["bytes"] > 0
+    assert b["onnx-int8"]["bytes"] < b["onnx-fp32"]["bytes"]
+    assert 0 <= saved["baseline"]["overall"] <= 1
+    md = (out / "report.md").read_text()
+    assert "onnx-int8" in md and "majority baseline" in md
+    assert (out / "latency_vs_agreement.png").stat().st_size > 1000
+    assert report["backends"].keys() == saved["backends"].keys()

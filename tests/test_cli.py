@@ -1,0 +1,103 @@
+"""What a user sees: help, and one clear line + exit code 2 for every bad input, nothing written."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import subprocess
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import edgevqa_cmd
+
+
+def ask(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(edgevqa_cmd("ask", *args), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def assert_user_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height (a decompression bomb's header)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+@pytest.fixture()
+def good_image(tmp_path):
+    p = tmp_path / "ok.png"
+    Image.fromarray(np.full((40, 40), 120, np.uint8)).save(p)
+    return p
+
+
+def test_help_lists_commands():
+    p = subprocess.run(edgevqa_cmd("--help"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    for cmd in ("train", "export", "ask", "bench", "demo", "data"):
+        assert cmd in p.stdout
+
+
+def test_bad_images(tmp_path, bundle):
+    (tmp_path / "notes.txt").write_text("not an image")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (tmp_path / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    (tmp_path / "adir").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cases = {"missing.png": "not found", "adir": "directory", "notes.txt": "not an image",
+             "cut.png": "truncated", "bomb.png": "limit"}
+    for name, fragment in cases.items():
+        assert_user_error(ask(tmp_path, name, "is there a lesion?", "--model", str(bundle)), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_bad_questions_and_bundles(tmp_path, bundle, good_image):
+    assert_user_error(ask(tmp_path, str(good_image), "", "--model", str(bundle)), "question is empty")
+    assert_user_error(ask(tmp_path, str(good_image), "   \t", "--model", str(bundle)), "question is empty")
+    assert_user_error(ask(tmp_path, str(good_image), "what?", "--model", str(tmp_path / "none")), "not found")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    with open(tampered / "fp32" / "vision_encoder.onnx", "ab") as f:
+        f.write(b"\0")
+    assert_user_error(ask(tmp_path, str(good_image), "what?", "--model", str(tampered)), "sha256")
+    assert_user_error(ask(tmp_path, str(good_image), "what?", "--model", str(bundle), "--precision", "fp16"),
+                      "fp16")
+
+
+def test_odd_but_valid_images_are_answered(tmp_path, bundle):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 65535, (50, 70), dtype=np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30, 4), dtype=np.uint8), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).convert("P").save(tmp_path / "pal.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30, 4), dtype=np.uint8), "CMYK").save(tmp_path / "cmyk.jpg")
+    Image.new("L", (1, 1), 200).save(tmp_path / "one.png")
+    for name in ("g16.png", "rgba.png", "pal.png", "cmyk.jpg", "one.png"):
+        p = ask(tmp_path, name, "is there a lesion?", "--model", str(bundle))
+        assert p.returncode == 0, (name, p.stderr)
+        assert p.stdout.strip() != "" or p.returncode == 0
+
+
+def test_missing_argument_is_one_line():
+    p = subprocess.run(edgevqa_cmd("ask"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error:") and "Traceback" not in p.stderr
+
+
+def test_train_rejects_lora_on_random_preset(tmp_path, synth_data):
+    p = subprocess.run(edgevqa_cmd("train", "--data", str(synth_data), "--out", str(tmp_path / "r"), "--lora"),
+                       capture_output=True, text=True, timeout=120)
+    assert_user_error(p, "--lora")
+    assert not (tmp_path / "r" / "model").exists()

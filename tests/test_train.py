@@ -1,0 +1,115 @@
+"""Training: labels as generate() expects them, LoRA trains only adapters, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgevqa.config import TrainConfig
+from edgevqa.errors import InputError
+
+
+def test_batch_labels_follow_blip_conventions(base_run, synth_data):
+    from transformers import AutoTokenizer
+
+    from edgevqa.data.records import load_split
+    from edgevqa.train.data import ImageCache, encode_records, make_batch
+    from edgevqa.train.models import image_spec_for
+
+    tok = AutoTokenizer.from_pretrained(base_run / "tokenizer")
+    recs = load_split(synth_data, "train")[:6]
+    enc = encode_records(recs, synth_data, tok, 32, 8)
+    b = make_batch(enc, list(range(6)), ImageCache(image_spec_for(64)), tok.pad_token_id)
+    dec, labels = b["decoder_input_ids"].numpy(), b["labels"].numpy()
+    assert (dec[:, 0] == tok.bos_token_id).all()  # generate() starts from bos
+    for row, lab, r in zip(dec, labels, recs):
+        ids = [t for t in row if t != tok.pad_token_id]
+        assert ids[-1] == tok.sep_token_id  # generate() stops on [SEP]
+        assert tok.decode(ids, skip_special_tokens=True).replace(" - ", "-") == r.answer
+        assert ((lab == -100) == (row == tok.pad_token_id)).all()
+    assert b["pixel_values"].shape == (6, 3, 64, 64)
+    assert (b["attention_mask"].numpy() == (b["input_ids"].numpy() != tok.pad_token_id)).all()
+
+
+def test_run_folder(base_run, lora_run):
+    for f in ("config.json", "metrics.jsonl", "eval.json", "model/model.safetensors", "model/config.json",
+              "tokenizer/tokenizer.json", "model/preprocessor_config.json"):
+        assert (base_run / f).is_file(), f
+    assert (lora_run / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (lora_run / "model").exists()
+    ev = json.loads((base_run / "eval.json").read_text())
+    assert {"accuracy", "baseline", "n"} <= set(ev["test"])
+    rows = [json.loads(line) for line in (base_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 40 and np.isfinite(rows[-1]["loss"])
+
+
+def test_lora_trains_only_adapters(base_run):
+    import torch
+
+    from edgevqa.train import lora, models
+
+    loaded = models.load_pretrained(str(base_run))
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    cfg = TrainConfig(base=str(base_run), lora=True, lora_r=4)
+    model = lora.wrap(loaded.model, cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(".qkv." in n for n in trainable) and any(".query." in n for n in trainable)
+    n_train, n_all = lora.count_parameters(model)
+    assert 0 < n_train < n_all / 5
+    frozen = lora.targets(TrainConfig(base="x", lora=True, freeze_vision=True))
+    assert "qkv" not in frozen and "query" in frozen
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    px = torch.randn(2, 3, 64, 64)
+    ids = torch.tensor([[2, 7, 8, 3], [2, 9, 10, 3]])
+    dec = torch.tensor([[5, 7, 3], [5, 8, 3]])
+    model(pixel_values=px, input_ids=ids, decoder_input_ids=dec, labels=dec).loss.backward()
+    opt.step()
+    base = model.get_base_model()
+    for n, p in base.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, before[n.replace(".base_layer", "")]), n
+
+
+def test_resume_continues_exactly(tmp_path, synth_data, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from edgevqa.train import loop
+
+    def cfg(out):
+        return TrainConfig(base="tiny-blip", data=str(synth_data), out=str(out), max_steps=12, lr=1e-3,
+                           warmup_steps=2, batch_size=8, eval_every=0, checkpoint_every=6, image_size=32, threads=1)
+
+    loop.train(cfg(tmp_path / "straight"), progress=False)
+    calls = {"n": 0}
+    real = loop.make_batch
+
+    def crash_at_9(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "make_batch", crash_at_9)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg(tmp_path / "resumed"), progress=False)
+    monkeypatch.setattr(loop, "make_batch", real)
+    assert not (tmp_path / "resumed" / "model").exists()
+    with pytest.raises(InputError, match="already exists"):
+        loop.train(cfg(tmp_path / "resumed"), progress=False)
+    loop.train(cfg(tmp_path / "resumed"), resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(InputError, match="--lr"):
+        TrainConfig(lr=0)
+    with pytest.raises(InputError, match="--batch-size"):
+        TrainConfig(batch_size=0)
