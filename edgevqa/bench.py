@@ -9,6 +9,7 @@ majority-answer baseline. Output: report.json, report.md and latency_vs_agreemen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,8 +36,12 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         log.info("bench: %s on %d inputs", spec["backend"], len(spec["items"]))
-        proc = subprocess.run([sys.executable, "-m", "edgevqa.bench_worker", str(spec_path), str(out_path)],
-                              capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgevqa.bench_worker", str(spec_path), str(out_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
             raise RuntimeError(f"bench worker {spec['backend']} failed:\n{tail}")
@@ -45,8 +50,13 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def latency_stats(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean()),
-            "std": float(a.std()), "n": int(a.size)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "n": int(a.size),
+    }
 
 
 def dir_bytes(paths: list[Path]) -> int:
@@ -56,13 +66,17 @@ def dir_bytes(paths: list[Path]) -> int:
 def machine() -> dict[str, Any]:
     import onnxruntime
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
-            "onnxruntime": onnxruntime.__version__}
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        info["cpu"] = cpu
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cores": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+    info["cpu"] = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        info["cpu"] = next(
+            (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), info["cpu"]
+        )
     return info
 
 
@@ -85,18 +99,27 @@ def torch_bytes(run: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_bundle(bundle: Path, data: Path, out: Path, run: Path | None = None, limit: int = 0) -> dict[str, Any]:
+def bench_bundle(
+    bundle: Path, data: Path, out: Path, run: Path | None = None, limit: int = 0
+) -> dict[str, Any]:
     """Answer the test split of ``data`` with PyTorch and every precision in ``bundle``."""
     m = load_manifest(bundle)
     run = Path(run or m.source.get("run", ""))
     if not (run / "config.json").is_file():
-        raise InputError(f"bench needs the training run for the PyTorch side: {run} not found (pass --run RUN)")
+        raise InputError(
+            f"bench needs the training run for the PyTorch side: {run} not found (pass --run RUN)"
+        )
     test = load_split(data, "test")
     test = test[:limit] if limit else test
     items = [[str(r.image_path(data)), r.question] for r in test]
     golds, types, cats = [r.answer for r in test], [r.answer_type for r in test], [r.category for r in test]
-    common = {"items": items, "warmup": 3, "repeats": 1, "max_new_tokens": m.text.max_answer_tokens,
-              "max_question_tokens": m.text.max_question_tokens}
+    common = {
+        "items": items,
+        "warmup": 3,
+        "repeats": 1,
+        "max_new_tokens": m.text.max_answer_tokens,
+        "max_question_tokens": m.text.max_question_tokens,
+    }
     backends: dict[str, Any] = {}
     raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "run": str(run)})}
     for p in m.precisions:
@@ -108,15 +131,26 @@ def bench_bundle(bundle: Path, data: Path, out: Path, run: Path | None = None, l
         backends[name] = {
             "accuracy": vqa_accuracy(r["answers"], golds, types, cats),
             "agreement": agreement(torch_answers, r["answers"]),
-            "token_agreement": sum(a == b for a, b in zip(raw["torch-fp32"]["token_ids"], r["token_ids"])) / len(items),
+            "token_agreement": sum(a == b for a, b in zip(raw["torch-fp32"]["token_ids"], r["token_ids"]))
+            / len(items),
             "latency_ms": latency_stats(r["latency_ms"]),
-            "peak_rss_mb": r["peak_rss_mb"], "first_answer_s": r["first_answer_s"], "bytes": sizes[name],
+            "peak_rss_mb": r["peak_rss_mb"],
+            "first_answer_s": r["first_answer_s"],
+            "bytes": sizes[name],
         }
     train = load_split(data, "train")
-    baseline = vqa_accuracy(majority_predictions([r.answer for r in train], [group(r) for r in train],
-                                                 [group(r) for r in test]), golds, types, cats)
+    baseline = vqa_accuracy(
+        majority_predictions([r.answer for r in train], [group(r) for r in train], [group(r) for r in test]),
+        golds,
+        types,
+        cats,
+    )
     report = {
-        "kind": "bundle", "bundle": str(bundle), "data": str(data), "split": "test", "n": len(items),
+        "kind": "bundle",
+        "bundle": str(bundle),
+        "data": str(data),
+        "split": "test",
+        "n": len(items),
         "backends": backends,
         "baseline": baseline,
         "machine": machine(),
@@ -125,43 +159,94 @@ def bench_bundle(bundle: Path, data: Path, out: Path, run: Path | None = None, l
     return report
 
 
-def bench_arch(arch: str, out: Path, repeats: int = 10, answer_tokens: int = 8, question_tokens: int = 12,
-               precisions: tuple[str, ...] = ("fp32", "int8")) -> dict[str, Any]:
+def bench_arch(
+    arch: str,
+    out: Path,
+    repeats: int = 10,
+    answer_tokens: int = 8,
+    question_tokens: int = 12,
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+) -> dict[str, Any]:
     """A random-weight ``arch`` (blip-vqa-base: full size), exported here: PyTorch eager fp32 vs
     each ONNX precision on one image and one question, answers of exactly ``answer_tokens``."""
     from edgevqa.data.synth import vocabulary
 
-    work = out / "arch-work"
-    model_dir, bundle = work / "model", work / "bundle"
-    image, question = build_arch_bundle(arch, work, model_dir, bundle, precisions, list(vocabulary()),
-                                        question_tokens, answer_tokens)
-    common = {"items": [[str(image), question]], "warmup": 2, "repeats": repeats,
-              "max_new_tokens": answer_tokens, "min_new_tokens": answer_tokens, "max_question_tokens": 64}
-    raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "model_dir": str(model_dir)})}
-    for p in precisions:
-        raw[f"onnx-{p}"] = run_worker({**common, "backend": f"onnx-{p}", "bundle": str(bundle)})
+    out.mkdir(parents=True, exist_ok=True)
+    # the random-weight model and its bundle (1-2 GB for blip-vqa-base) exist only for this run
+    with tempfile.TemporaryDirectory(prefix=".arch-work-", dir=out) as tmp:
+        work = Path(tmp)
+        raw, sizes = _measure_arch(
+            arch, work, precisions, list(vocabulary()), repeats, answer_tokens, question_tokens
+        )
     ref = raw["torch-fp32"]
-    m = load_manifest(bundle, verify=False)
-    sizes = {"torch-fp32": dir_bytes([model_dir / "model.safetensors"])}
-    sizes.update({f"onnx-{p}": dir_bytes([bundle / f for f in g.values()]) for p, g in m.precisions.items()})
     backends = {}
     for name, r in raw.items():
         lat = latency_stats(r["latency_ms"])
         backends[name] = {
-            "latency_ms": lat, "speedup_vs_torch": latency_stats(ref["latency_ms"])["p50"] / lat["p50"],
-            "token_agreement": float(np.mean([a == b for a, b in zip(ref["token_ids"][0], r["token_ids"][0])])),
-            "peak_rss_mb": r["peak_rss_mb"], "rss_vs_torch": r["peak_rss_mb"] / ref["peak_rss_mb"],
-            "bytes": sizes[name], "first_answer_s": r["first_answer_s"],
+            "latency_ms": lat,
+            "speedup_vs_torch": latency_stats(ref["latency_ms"])["p50"] / lat["p50"],
+            "token_agreement": float(
+                np.mean([a == b for a, b in zip(ref["token_ids"][0], r["token_ids"][0])])
+            ),
+            "peak_rss_mb": r["peak_rss_mb"],
+            "rss_vs_torch": r["peak_rss_mb"] / ref["peak_rss_mb"],
+            "bytes": sizes[name],
+            "first_answer_s": r["first_answer_s"],
         }
-    report = {"kind": "arch", "arch": arch, "answer_tokens": answer_tokens, "question_tokens": question_tokens,
-              "repeats": repeats, "backends": backends, "machine": machine(),
-              "note": "random weights: accuracy is not meaningful and not reported"}
+    report = {
+        "kind": "arch",
+        "arch": arch,
+        "answer_tokens": answer_tokens,
+        "question_tokens": question_tokens,
+        "repeats": repeats,
+        "backends": backends,
+        "machine": machine(),
+        "note": "random weights: accuracy is not meaningful and not reported",
+    }
     write_report(out, report)
     return report
 
 
-def build_arch_bundle(arch: str, work: Path, model_dir: Path, bundle: Path, precisions: tuple[str, ...],
-                      words: list[str], question_tokens: int, answer_tokens: int) -> tuple[Path, str]:
+def _measure_arch(
+    arch: str,
+    work: Path,
+    precisions: tuple[str, ...],
+    words: list[str],
+    repeats: int,
+    answer_tokens: int,
+    question_tokens: int,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    model_dir, bundle = work / "model", work / "bundle"
+    image, question = build_arch_bundle(
+        arch, work, model_dir, bundle, precisions, words, question_tokens, answer_tokens
+    )
+    common = {
+        "items": [[str(image), question]],
+        "warmup": 2,
+        "repeats": repeats,
+        "max_new_tokens": answer_tokens,
+        "min_new_tokens": answer_tokens,
+        "max_question_tokens": 64,
+    }
+    raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "model_dir": str(model_dir)})}
+    for p in precisions:
+        raw[f"onnx-{p}"] = run_worker({**common, "backend": f"onnx-{p}", "bundle": str(bundle)})
+    m = load_manifest(bundle, verify=False)
+    sizes = {"torch-fp32": dir_bytes([model_dir / "model.safetensors"])}
+    sizes.update({f"onnx-{p}": dir_bytes([bundle / f for f in g.values()]) for p, g in m.precisions.items()})
+    return raw, sizes
+
+
+def build_arch_bundle(
+    arch: str,
+    work: Path,
+    model_dir: Path,
+    bundle: Path,
+    precisions: tuple[str, ...],
+    words: list[str],
+    question_tokens: int,
+    answer_tokens: int,
+) -> tuple[Path, str]:
     """Random-weight model saved for PyTorch and exported for onnxruntime (same weights)."""
     import torch
     from PIL import Image
@@ -174,7 +259,11 @@ def build_arch_bundle(arch: str, work: Path, model_dir: Path, bundle: Path, prec
 
     work.mkdir(parents=True, exist_ok=True)
     tok = build_wordpiece_tokenizer(words, work / "tokenizer")
-    ids = {"bos_token_id": tok.bos_token_id, "sep_token_id": tok.sep_token_id, "pad_token_id": tok.pad_token_id}
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "sep_token_id": tok.sep_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     torch.manual_seed(0)
     cfg = models.blip_config(arch, token_ids=ids)
     model = BlipForQuestionAnswering(cfg).eval()
@@ -186,13 +275,24 @@ def build_arch_bundle(arch: str, work: Path, model_dir: Path, bundle: Path, prec
     with atomic.directory(bundle, overwrite=True) as tmp:
         write_graphs(model, family, tmp, list(precisions))
         tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        seal(tmp, make_manifest(model, tok, spec_img, family, list(precisions), 64, answer_tokens,
-                                {"arch": arch, "random_weights": True}))
+        seal(
+            tmp,
+            make_manifest(
+                model,
+                tok,
+                spec_img,
+                family,
+                list(precisions),
+                64,
+                answer_tokens,
+                {"arch": arch, "random_weights": True},
+            ),
+        )
     rng = np.random.default_rng(0)
     image = work / "image.png"
     Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8), mode="L").save(image)
     question = " ".join(w for w in (words * 4) if w.isalpha())  # trimmed to question_tokens below
-    enc = tok(question, add_special_tokens=True)["input_ids"][:question_tokens - 1] + [tok.sep_token_id]
+    enc = tok(question, add_special_tokens=True)["input_ids"][: question_tokens - 1] + [tok.sep_token_id]
     return image, tok.decode(enc, skip_special_tokens=True)
 
 
@@ -213,37 +313,54 @@ def _pct(x: float | None) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     b = report["backends"]
     if report["kind"] == "arch":
-        rows = ["| backend | p50 ms | p95 ms | speed-up vs torch | peak RSS MB | RSS vs torch | MB on disk | "
-                "token agreement |", "|---|---|---|---|---|---|---|---|"]
+        rows = [
+            "| backend | p50 ms | p95 ms | speed-up vs torch | peak RSS MB | RSS vs torch | MB on disk | "
+            "token agreement |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in b.items():
-            rows.append(f"| {name} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
-                        f"{r['speedup_vs_torch']:.2f}x | {r['peak_rss_mb']:.0f} | {r['rss_vs_torch']:.2f}x | "
-                        f"{r['bytes'] / 1e6:.1f} | {_pct(r['token_agreement'])} |")
+            rows.append(
+                f"| {name} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
+                f"{r['speedup_vs_torch']:.2f}x | {r['peak_rss_mb']:.0f} | {r['rss_vs_torch']:.2f}x | "
+                f"{r['bytes'] / 1e6:.1f} | {_pct(r['token_agreement'])} |"
+            )
         return "\n".join(rows)
-    rows = ["| backend | overall | closed | open | agreement w/ torch | p50 ms | p95 ms | peak RSS MB | MB on disk |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| backend | overall | closed | open | agreement | p50 ms | p95 ms | peak RSS MB | MB on disk |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in b.items():
         a = r["accuracy"]
-        rows.append(f"| {name} | {_pct(a['overall'])} | {_pct(a.get('closed'))} | {_pct(a.get('open'))} | "
-                    f"{_pct(r['agreement'])} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
-                    f"{r['peak_rss_mb']:.0f} | {r['bytes'] / 1e6:.2f} |")
+        rows.append(
+            f"| {name} | {_pct(a['overall'])} | {_pct(a.get('closed'))} | {_pct(a.get('open'))} | "
+            f"{_pct(r['agreement'])} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['bytes'] / 1e6:.2f} |"
+        )
     base = report["baseline"]
-    rows.append(f"| majority baseline | {_pct(base['overall'])} | {_pct(base.get('closed'))} | "
-                f"{_pct(base.get('open'))} | | | | | |")
+    rows.append(
+        f"| majority baseline | {_pct(base['overall'])} | {_pct(base.get('closed'))} | "
+        f"{_pct(base.get('open'))} | | | | | |"
+    )
     return "\n".join(rows)
 
 
 def markdown_report(report: dict[str, Any]) -> str:
     mach = report["machine"]
-    head = (f"# edgevqa bench ({report['kind']})\n\nMachine: {mach.get('cpu')}, {mach.get('cores')} cores, "
-            f"onnxruntime {mach.get('onnxruntime')}, Python {mach.get('python')}.\n\n")
+    head = (
+        f"# edgevqa bench ({report['kind']})\n\nMachine: {mach.get('cpu')}, {mach.get('cores')} cores, "
+        f"onnxruntime {mach.get('onnxruntime')}, Python {mach.get('python')}.\n\n"
+    )
     if report["kind"] == "arch":
-        head += (f"{report['arch']} with random weights; one image, a {report['question_tokens']}-token question, "
-                 f"answers of exactly {report['answer_tokens']} tokens, {report['repeats']} timed answers per "
-                 "backend after warm-up; each backend in its own process.\n\n")
+        head += (
+            f"{report['arch']} with random weights; one image, a {report['question_tokens']}-token question, "
+            f"answers of exactly {report['answer_tokens']} tokens, {report['repeats']} timed answers per "
+            "backend after warm-up; each backend in its own process.\n\n"
+        )
         return head + markdown_table(report) + "\n"
-    head += (f"{report['n']} questions of the {report['split']} split of `{report['data']}`; latency is one "
-             "whole answer (image file to text), each backend in its own process.\n\n")
+    head += (
+        f"{report['n']} questions of the {report['split']} split of `{report['data']}`; latency is one "
+        "whole answer (image file to text), each backend in its own process.\n\n"
+    )
     cats = sorted(report["baseline"]["by_category"])
     names = list(report["backends"])
     rows = ["| category | " + " | ".join(names) + " | majority baseline |", "|---" * (len(names) + 2) + "|"]
@@ -272,6 +389,8 @@ def plot(out: Path, report: dict[str, Any]) -> None:
     ax.set_xlabel("latency per answer, p50 (ms)")
     ax.set_ylabel(("token" if report["kind"] == "arch" else "answer") + " agreement with PyTorch (%)")
     ax.set_xlim(left=0)
+    what = report.get("arch") or f"{report['n']} {report['split']} questions"
+    ax.set_title(f"edgevqa bench: {what} (bars: p50 to p95)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = out / ".latency_vs_agreement.png.tmp"

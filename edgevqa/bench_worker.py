@@ -13,7 +13,6 @@ Latency is one whole answer: image file -> preprocessing -> graphs/model -> text
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,23 @@ from typing import Any
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident memory.
+
+    VmHWM belongs to the process's own address space. ru_maxrss does not do: Linux carries it
+    across fork + exec, so a worker would report its parent's peak (measured here: every backend
+    showed the parent's 726 MB).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    per_mb = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb
 
 
 def onnx_answerer(spec: dict[str, Any]):
@@ -31,10 +46,13 @@ def onnx_answerer(spec: dict[str, Any]):
 
     if spec.get("global_pool", True):
         use_global_pool(spec.get("threads", 0))
-    pipe = VQAPipeline.from_bundle(spec["bundle"], precision=spec["backend"].removeprefix("onnx-"),
-                                   threads=spec.get("threads", 0))
+    pipe = VQAPipeline.from_bundle(
+        spec["bundle"], precision=spec["backend"].removeprefix("onnx-"), threads=spec.get("threads", 0)
+    )
     t = pipe.manifest.text
-    opts = DecodingOptions(t.bos_id, t.sep_id, t.pad_id, spec["max_new_tokens"], spec.get("min_new_tokens", 0))
+    opts = DecodingOptions(
+        t.bos_id, t.sep_id, t.pad_id, spec["max_new_tokens"], spec.get("min_new_tokens", 0)
+    )
 
     def answer(image: str, question: str) -> tuple[str, list[int]]:
         a = pipe.ask(image, question, opts)
@@ -63,12 +81,19 @@ def torch_answerer(spec: dict[str, Any]):
 
     def answer(image: str, question: str) -> tuple[str, list[int]]:
         pixels = torch.from_numpy(preprocess(load_image(image), loaded.image))
-        ids = tok(question, truncation=True, max_length=spec.get("max_question_tokens", 32),
-                  return_tensors="pt")["input_ids"]
+        ids = tok(
+            question, truncation=True, max_length=spec.get("max_question_tokens", 32), return_tensors="pt"
+        )["input_ids"]
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=spec["max_new_tokens"], min_new_tokens=spec.get("min_new_tokens", 0),
-                                 do_sample=False, num_beams=1)
+            out = model.generate(
+                input_ids=ids,
+                pixel_values=pixels,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=spec["max_new_tokens"],
+                min_new_tokens=spec.get("min_new_tokens", 0),
+                do_sample=False,
+                num_beams=1,
+            )
         seq = strip_answer(out[0].tolist(), tok.sep_token_id, tok.pad_token_id)
         return tok.decode(seq, skip_special_tokens=True), seq
 
@@ -92,8 +117,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             texts.append(text)
             ids.append(seq)
     n = len(items)
-    return {"answers": texts[:n], "token_ids": ids[:n], "latency_ms": lat, "first_answer_s": load_s,
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "answers": texts[:n],
+        "token_ids": ids[:n],
+        "latency_ms": lat,
+        "first_answer_s": load_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def main() -> None:

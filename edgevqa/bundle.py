@@ -94,7 +94,9 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["graphs"] = {k: {"inputs": list(v.inputs), "outputs": list(v.outputs)} for k, v in self.graphs.items()}
+        d["graphs"] = {
+            k: {"inputs": list(v.inputs), "outputs": list(v.outputs)} for k, v in self.graphs.items()
+        }
         return d
 
     @classmethod
@@ -102,7 +104,9 @@ class Manifest:
         try:
             return cls(
                 family=d["family"],
-                image=ImageSpec(**{**d["image"], "mean": tuple(d["image"]["mean"]), "std": tuple(d["image"]["std"])}),
+                image=ImageSpec(
+                    **{**d["image"], "mean": tuple(d["image"]["mean"]), "std": tuple(d["image"]["std"])}
+                ),
                 text=TextSpec(**d["text"]),
                 decoder=DecoderSpec(**d["decoder"]),
                 graphs={k: GraphIO(tuple(v["inputs"]), tuple(v["outputs"])) for k, v in d["graphs"].items()},
@@ -180,7 +184,9 @@ def verify_files(bundle: Path, m: Manifest, precision: str | None = None) -> Non
     if precision is not None:
         others = {p for prec, g in m.precisions.items() if prec != precision for p in g.values()}
         wanted -= others - set(m.precisions[precision].values())
-    needed = {TOKENIZER} | {p for prec in ([precision] if precision else m.precisions) for p in m.precisions[prec].values()}
+    needed = {TOKENIZER} | {
+        p for prec in ([precision] if precision else m.precisions) for p in m.precisions[prec].values()
+    }
     if missing := sorted(needed - set(m.files)):
         raise BundleError(f"manifest lists no checksum for {missing}; the bundle is incomplete")
     for rel in sorted(wanted):
@@ -189,4 +195,6 @@ def verify_files(bundle: Path, m: Manifest, precision: str | None = None) -> Non
             raise BundleError(f"bundle file missing: {f}")
         info = m.files[rel]
         if f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
-            raise BundleError(f"bundle file {rel} does not match its sha256 in manifest.json (corrupt or modified)")
+            raise BundleError(
+                f"bundle file {rel} does not match its sha256 in manifest.json (corrupt or modified)"
+            )

@@ -11,21 +11,26 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from edgevqa.errors import EdgeVQAError, InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Adapt a small VLM to radiology VQA and ship it as a verified, torch-free ONNX bundle.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Adapt a small VLM to radiology VQA and ship it as a verified, torch-free ONNX bundle.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded synthetic default.")
 app.add_typer(data_app, name="data")
 
 
 def _setup_logging(verbose: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
     for noisy in ("torch", "transformers", "peft", "onnxscript", "onnx_ir", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -57,34 +62,56 @@ def data_synth(
 def train(
     data: Annotated[Path, typer.Option(help="Dataset folder with train.jsonl and val.jsonl.")],
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
-    base: Annotated[str, typer.Option(help="tiny-blip, a Hugging Face id (Salesforce/blip-vqa-base), a model "
-                                            "folder or a previous RUN.")] = "tiny-blip",
+    base: Annotated[
+        str,
+        typer.Option(
+            help="tiny-blip, a Hugging Face id (Salesforce/blip-vqa-base), a model "
+            "folder or a previous RUN."
+        ),
+    ] = "tiny-blip",
     lora: Annotated[bool, typer.Option("--lora/--no-lora", help="Train a LoRA adapter (peft).")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     freeze_vision: Annotated[bool, typer.Option(help="Keep the vision encoder fixed.")] = False,
     epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 10.0,
     max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = 0,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine).")] = 5e-4,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 200,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 32,
-    image_size: Annotated[int, typer.Option(help="Input size of the tiny-blip preset.")] = 96,
+    image_size: Annotated[int, typer.Option(help="Input size of the tiny-blip preset.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     eval_every: Annotated[int, typer.Option(help="Validation every N steps (0: only at the end).")] = 500,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
+    ] = False,
 ) -> None:
     """Train BLIP VQA on a dataset folder (full weights, or LoRA with --lora)."""
     from edgevqa.config import TrainConfig
     from edgevqa.train import train as run_train
 
-    cfg = TrainConfig(base=base, data=str(data), out=str(out), lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r,
-                      freeze_vision=freeze_vision, epochs=epochs, max_steps=max_steps, lr=lr,
-                      warmup_steps=warmup_steps, batch_size=batch_size, image_size=image_size, seed=seed,
-                      eval_every=eval_every)
+    cfg = TrainConfig(
+        base=base,
+        data=str(data),
+        out=str(out),
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        freeze_vision=freeze_vision,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=seed,
+        eval_every=eval_every,
+    )
     run = run_train(cfg, resume=resume)
     report = json.loads((run / "eval.json").read_text())
     test = report.get("test") or report.get("val", {})
-    typer.echo(f"run written to {run}; test exact match {test.get('accuracy', {}).get('overall', float('nan')):.3f} "
-               f"(majority baseline {test.get('baseline', {}).get('overall', float('nan')):.3f})")
+    typer.echo(
+        f"run written to {run}; test exact match {test.get('accuracy', {}).get('overall', float('nan')):.3f} "
+        f"(majority baseline {test.get('baseline', {}).get('overall', float('nan')):.3f})"
+    )
     typer.echo(f"next: edgevqa export {run} --out {run}-bundle")
 
 
@@ -92,11 +119,19 @@ def train(
 def export(
     run: Annotated[Path, typer.Argument(help="Training run folder.")],
     out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
-    precision: Annotated[list[str], typer.Option(help="fp32 and/or int8 (repeat or comma-separate); the first "
-                                                      "is the bundle's default.")] = ["fp32", "int8"],  # noqa: B006
-    data: Annotated[Optional[Path], typer.Option(help="Dataset for validation (default: the run's).")] = None,  # noqa: UP007
-    validate_limit: Annotated[int, typer.Option(help="Validation questions compared with PyTorch (0: all).")] = 200,
-    min_agreement: Annotated[float, typer.Option(help="Refuse the export below this answer agreement.")] = 0.98,
+    precision: Annotated[
+        list[str],
+        typer.Option(
+            help="fp32 and/or int8 (repeat or comma-separate); the first " "is the bundle's default."
+        ),
+    ] = ["fp32", "int8"],  # noqa: B006
+    data: Annotated[Path | None, typer.Option(help="Dataset for validation (default: the run's).")] = None,
+    validate_limit: Annotated[
+        int, typer.Option(help="Validation questions compared with PyTorch (0: all).")
+    ] = 200,
+    min_agreement: Annotated[
+        float, typer.Option(help="Refuse the export below this answer agreement.")
+    ] = 0.98,
     force: Annotated[bool, typer.Option(help="Write the bundle even if validation fails.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
@@ -104,10 +139,17 @@ def export(
     from edgevqa.config import ExportConfig
     from edgevqa.export import export as run_export
 
-    cfg = ExportConfig(run=str(run), out=str(out), precisions=_precisions(precision), validate_limit=validate_limit,
-                       min_agreement=min_agreement, force=force, overwrite=overwrite)
+    cfg = ExportConfig(
+        run=str(run),
+        out=str(out),
+        precisions=_precisions(precision),
+        validate_limit=validate_limit,
+        min_agreement=min_agreement,
+        force=force,
+        overwrite=overwrite,
+    )
     bundle = run_export(cfg, data=str(data) if data else None)
-    typer.echo(f"next: edgevqa ask IMAGE \"QUESTION\" --model {bundle}")
+    typer.echo(f'next: edgevqa ask IMAGE "QUESTION" --model {bundle}')
 
 
 @app.command()
@@ -115,7 +157,7 @@ def ask(
     image: Annotated[str, typer.Argument(help="Image file (PNG, JPEG, ...).")],
     question: Annotated[str, typer.Argument(help="Question about the image.")],
     model: Annotated[Path, typer.Option(help="Bundle folder written by `edgevqa export`.")],
-    precision: Annotated[Optional[str], typer.Option(help="Precision to run (default: the bundle's).")] = None,  # noqa: UP007
+    precision: Annotated[str | None, typer.Option(help="Precision to run (default: the bundle's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON with per-stage milliseconds.")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
 ) -> None:
@@ -131,8 +173,16 @@ def ask(
     pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads)
     ans = pipe.ask(img, question)
     if as_json:
-        typer.echo(json.dumps({"answer": ans.text, "token_ids": ans.token_ids, "precision": pipe.precision,
-                               "timings_ms": ans.timings_ms}))
+        typer.echo(
+            json.dumps(
+                {
+                    "answer": ans.text,
+                    "token_ids": ans.token_ids,
+                    "precision": pipe.precision,
+                    "timings_ms": ans.timings_ms,
+                }
+            )
+        )
     else:
         typer.echo(ans.text)
 
@@ -140,12 +190,18 @@ def ask(
 @app.command()
 def bench(
     out: Annotated[Path, typer.Option(help="Report folder (report.json, report.md, plot).")],
-    model: Annotated[Optional[Path], typer.Option(help="Bundle to benchmark on --data.")] = None,  # noqa: UP007
-    data: Annotated[Optional[Path], typer.Option(help="Dataset folder; its test split is answered.")] = None,  # noqa: UP007
-    run: Annotated[Optional[Path], typer.Option(help="Training run for the PyTorch side (default: the "
-                                                     "bundle's source run).")] = None,  # noqa: UP007
-    arch: Annotated[Optional[str], typer.Option(help="Benchmark a random-weight architecture instead "
-                                                     "(blip-vqa-base: the full-size model).")] = None,  # noqa: UP007
+    model: Annotated[Path | None, typer.Option(help="Bundle to benchmark on --data.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder; its test split is answered.")] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="Training run for the PyTorch side (default: the " "bundle's source run)."),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Benchmark a random-weight architecture instead " "(blip-vqa-base: the full-size model)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Test questions to answer (0: all).")] = 0,
     repeats: Annotated[int, typer.Option(help="Timed answers per backend with --arch.")] = 10,
     answer_tokens: Annotated[int, typer.Option(help="Answer length in tokens with --arch.")] = 8,
@@ -165,8 +221,12 @@ def bench(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where data, runs, bundle and report go.")] = Path("work/demo"),
-    fast: Annotated[bool, typer.Option(help="A much shorter run (smoke test; accuracy will be low).")] = False,
+    workdir: Annotated[Path, typer.Option(help="Where data, runs, bundle and report go.")] = Path(
+        "work/demo"
+    ),
+    fast: Annotated[
+        bool, typer.Option(help="A much shorter run (smoke test; accuracy will be low).")
+    ] = False,
 ) -> None:
     """The whole loop on the embedded default: synth data -> train -> LoRA -> export -> ask -> bench."""
     from edgevqa import demo as demo_mod

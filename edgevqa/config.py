@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "int8")
 @dataclass
 class TrainConfig:
     base: str = "tiny-blip"
-    """Preset name (tiny-blip), Hugging Face id (Salesforce/blip-vqa-base), a local model folder or a previous RUN."""
+    """Preset (tiny-blip), Hugging Face id (Salesforce/blip-vqa-base), local model folder or previous RUN."""
     data: str = ""
     """Dataset folder with train.jsonl / val.jsonl (see `edgevqa data synth`)."""
     out: str = ""
@@ -38,7 +38,7 @@ class TrainConfig:
     """Stop after this many optimizer steps (0: use epochs)."""
     lr: float = 5e-4
     min_lr: float = 1e-5
-    warmup_steps: int = 200
+    warmup_steps: int = 300
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
@@ -51,8 +51,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     max_question_tokens: int = 32
     max_answer_tokens: int = 8
-    image_size: int = 96
-    """Input size of the tiny-blip preset (ignored for pretrained bases, which carry their own)."""
+    image_size: int = 64
+    """Input size of the tiny-blip preset (pretrained bases carry their own). 64 px = 4x4 patches: measured
+    here, where a finding lies (left/right) is learned within 4000 steps at 64 px and not at 96 px."""
     threads: int = 0
     """torch threads (0: all cores)."""
 

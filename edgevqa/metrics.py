@@ -32,8 +32,9 @@ def accuracy_by(preds: Sequence[str], golds: Sequence[str], groups: Sequence[str
     return {k: sum(v) / len(v) for k, v in hits.items()}
 
 
-def majority_predictions(train_answers: Sequence[str], train_groups: Sequence[str],
-                         test_groups: Sequence[str]) -> list[str]:
+def majority_predictions(
+    train_answers: Sequence[str], train_groups: Sequence[str], test_groups: Sequence[str]
+) -> list[str]:
     """The majority-answer baseline: for each test question, the most frequent training answer
     of its group (falling back to the overall most frequent). Ties break by answer text."""
     by_group: dict[str, Counter[str]] = defaultdict(Counter)
@@ -54,8 +55,9 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> float:
     return sum(normalize_answer(x) == normalize_answer(y) for x, y in zip(a, b)) / max(len(a), 1)
 
 
-def vqa_accuracy(preds: Sequence[str], golds: Sequence[str], answer_types: Sequence[str],
-                 categories: Sequence[str]) -> dict:
+def vqa_accuracy(
+    preds: Sequence[str], golds: Sequence[str], answer_types: Sequence[str], categories: Sequence[str]
+) -> dict:
     """``{"overall", "closed", "open", "by_category": {"closed/presence": ...}}`` exact match."""
     by_type = accuracy_by(preds, golds, answer_types)
     by_cat = accuracy_by(preds, golds, [f"{t}/{c}" for t, c in zip(answer_types, categories)])

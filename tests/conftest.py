@@ -25,7 +25,9 @@ sys.meta_path.insert(0, _Block())
 
 def edgevqa_cmd(*args: str, block_torch: bool = False) -> list[str]:
     """argv that runs the CLI with this interpreter (optionally with torch blocked)."""
-    code = (BLOCK_TORCH if block_torch else "") + "import sys; from edgevqa.cli import main; main(sys.argv[1:])"
+    code = (
+        BLOCK_TORCH if block_torch else ""
+    ) + "import sys; from edgevqa.cli import main; main(sys.argv[1:])"
     return [sys.executable, "-c", code, *args]
 
 
@@ -44,9 +46,22 @@ def base_run(tmp_path_factory, synth_data) -> Path:
     from edgevqa.train import train
 
     out = tmp_path_factory.mktemp("runs") / "base"
-    return train(TrainConfig(base="tiny-blip", data=str(synth_data), out=str(out), max_steps=40, lr=1e-3,
-                             warmup_steps=5, batch_size=16, eval_every=0, checkpoint_every=0, image_size=64,
-                             threads=1), progress=False)
+    return train(
+        TrainConfig(
+            base="tiny-blip",
+            data=str(synth_data),
+            out=str(out),
+            max_steps=40,
+            lr=1e-3,
+            warmup_steps=5,
+            batch_size=16,
+            eval_every=0,
+            checkpoint_every=0,
+            image_size=64,
+            threads=1,
+        ),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +70,22 @@ def lora_run(tmp_path_factory, synth_data, base_run) -> Path:
     from edgevqa.train import train
 
     out = tmp_path_factory.mktemp("runs") / "lora"
-    return train(TrainConfig(base=str(base_run), data=str(synth_data), out=str(out), lora=True, max_steps=10,
-                             lr=5e-3, warmup_steps=2, batch_size=16, eval_every=0, checkpoint_every=0,
-                             threads=1), progress=False)
+    return train(
+        TrainConfig(
+            base=str(base_run),
+            data=str(synth_data),
+            out=str(out),
+            lora=True,
+            max_steps=10,
+            lr=5e-3,
+            warmup_steps=2,
+            batch_size=16,
+            eval_every=0,
+            checkpoint_every=0,
+            threads=1,
+        ),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,5 +95,9 @@ def bundle(tmp_path_factory, lora_run) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     # force: an almost untrained model can have near-ties that int8 flips; the gate has its own tests
-    return export(ExportConfig(run=str(lora_run), out=str(out), precisions=["fp32", "int8"], validate_limit=40,
-                               force=True), progress=False)
+    return export(
+        ExportConfig(
+            run=str(lora_run), out=str(out), precisions=["fp32", "int8"], validate_limit=40, force=True
+        ),
+        progress=False,
+    )

@@ -25,3 +25,18 @@ def test_bench_bundle_report(bundle, synth_data, tmp_path):
     assert "onnx-int8" in md and "majority baseline" in md
     assert (out / "latency_vs_agreement.png").stat().st_size > 1000
     assert report["backends"].keys() == saved["backends"].keys()
+
+
+def test_bench_arch_fixed_length_answers(tmp_path):
+    """--arch on the tiny architecture: same weights on both sides, answers of exactly N tokens."""
+    from edgevqa.bench import bench_arch
+
+    report = bench_arch("tiny-blip", tmp_path / "arch", repeats=2, answer_tokens=4)
+    b = report["backends"]
+    assert set(b) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+    assert b["onnx-fp32"]["token_agreement"] == 1.0  # random weights, yet the same greedy tokens
+    assert b["torch-fp32"]["speedup_vs_torch"] == 1.0
+    for r in b.values():
+        assert r["latency_ms"]["n"] == 2 and r["speedup_vs_torch"] > 0 and r["rss_vs_torch"] > 0
+    md = (tmp_path / "arch" / "report.md").read_text()
+    assert "speed-up vs torch" in md and "4 tokens" in md

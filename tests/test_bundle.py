@@ -16,8 +16,16 @@ def test_manifest_describes_the_bundle(bundle):
     assert m.schema_version == SCHEMA_VERSION and m.family == "blip-vqa"
     assert set(m.precisions) == {"fp32", "int8"} and m.default_precision == "fp32"
     assert set(m.graphs) == {"vision_encoder", "question_encoder", "decoder_step"}
-    assert m.graphs["decoder_step"].inputs == ("input_ids", "past_key", "past_value", "cross_key", "cross_value")
-    assert {"tokenizer.json", "fidelity.json", "fp32/vision_encoder.onnx", "int8/decoder_step.onnx"} <= set(m.files)
+    assert m.graphs["decoder_step"].inputs == (
+        "input_ids",
+        "past_key",
+        "past_value",
+        "cross_key",
+        "cross_value",
+    )
+    assert {"tokenizer.json", "fidelity.json", "fp32/vision_encoder.onnx", "int8/decoder_step.onnx"} <= set(
+        m.files
+    )
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m.files.values())
     assert m.image.height == 64 and m.image.resample == "bicubic"
     assert m.text.bos_id != m.text.sep_id and m.text.max_answer_tokens == 8

@@ -10,13 +10,14 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import edgevqa_cmd
+from PIL import Image
 
 
 def ask(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(edgevqa_cmd("ask", *args), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return subprocess.run(
+        edgevqa_cmd("ask", *args), capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
 
 
 def assert_user_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -32,8 +33,15 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height (a decompression bomb's header)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", 0)
+        + b"IEND"
+        + struct.pack(">I", zlib.crc32(b"IEND"))
+    )
 
 
 @pytest.fixture()
@@ -58,8 +66,13 @@ def test_bad_images(tmp_path, bundle):
     (tmp_path / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
     (tmp_path / "adir").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
-    cases = {"missing.png": "not found", "adir": "directory", "notes.txt": "not an image",
-             "cut.png": "truncated", "bomb.png": "limit"}
+    cases = {
+        "missing.png": "not found",
+        "adir": "directory",
+        "notes.txt": "not an image",
+        "cut.png": "truncated",
+        "bomb.png": "limit",
+    }
     for name, fragment in cases.items():
         assert_user_error(ask(tmp_path, name, "is there a lesion?", "--model", str(bundle)), fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
@@ -74,8 +87,9 @@ def test_bad_questions_and_bundles(tmp_path, bundle, good_image):
     with open(tampered / "fp32" / "vision_encoder.onnx", "ab") as f:
         f.write(b"\0")
     assert_user_error(ask(tmp_path, str(good_image), "what?", "--model", str(tampered)), "sha256")
-    assert_user_error(ask(tmp_path, str(good_image), "what?", "--model", str(bundle), "--precision", "fp16"),
-                      "fp16")
+    assert_user_error(
+        ask(tmp_path, str(good_image), "what?", "--model", str(bundle), "--precision", "fp16"), "fp16"
+    )
 
 
 def test_odd_but_valid_images_are_answered(tmp_path, bundle):
@@ -97,7 +111,11 @@ def test_missing_argument_is_one_line():
 
 
 def test_train_rejects_lora_on_random_preset(tmp_path, synth_data):
-    p = subprocess.run(edgevqa_cmd("train", "--data", str(synth_data), "--out", str(tmp_path / "r"), "--lora"),
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        edgevqa_cmd("train", "--data", str(synth_data), "--out", str(tmp_path / "r"), "--lora"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_user_error(p, "--lora")
     assert not (tmp_path / "r" / "model").exists()

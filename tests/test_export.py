@@ -80,16 +80,21 @@ def test_gate_refuses_a_broken_quantization(lora_run, tmp_path, monkeypatch):
         for init in m.graph.initializer:
             a = numpy_helper.to_array(init)
             if a.dtype == np.float32 and a.ndim == 2:
-                init.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).standard_normal(a.shape)
-                                                      .astype(np.float32), init.name))
+                init.CopyFrom(
+                    numpy_helper.from_array(
+                        np.random.default_rng(0).standard_normal(a.shape).astype(np.float32), init.name
+                    )
+                )
         onnx.save(m, str(dst))
         return dst
 
     monkeypatch.setitem(exporter.QUANTIZERS, "int8", broken)
     out = tmp_path / "bad-bundle"
     with pytest.raises(ValidationError, match="int8 answers agree") as e:
-        exporter.export(ExportConfig(run=str(lora_run), out=str(out), precisions=["fp32", "int8"],
-                                     validate_limit=30), progress=False)
+        exporter.export(
+            ExportConfig(run=str(lora_run), out=str(out), precisions=["fp32", "int8"], validate_limit=30),
+            progress=False,
+        )
     assert e.value.exit_code == 3
     assert not out.exists() and not list(tmp_path.glob(".bad-bundle*"))
 

@@ -10,22 +10,34 @@ from conftest import BLOCK_TORCH, edgevqa_cmd
 
 
 def run_py(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_runtime_imports_without_torch():
-    p = run_py("import edgevqa.runtime, edgevqa.bundle, edgevqa.cli, sys\n"
-               "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch','transformers','peft'}))")
+    p = run_py(
+        "import edgevqa.runtime, edgevqa.bundle, edgevqa.cli, sys\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch','transformers','peft'}))"
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
 
 
 def test_help_imports_nothing_heavy():
-    p = subprocess.run([sys.executable, "-c", "import sys; from edgevqa.cli import main\n"
-                        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-                        "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in "
-                        "{'torch','transformers','peft','onnxruntime','onnx','numpy'}))"],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from edgevqa.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'torch','transformers','peft','onnxruntime','onnx','numpy'}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert "HEAVY []" in p.stdout
 
@@ -34,8 +46,20 @@ def test_ask_answers_without_torch(bundle, synth_data):
     from edgevqa.data.records import load_split
 
     rec = load_split(synth_data, "test")[0]
-    p = subprocess.run(edgevqa_cmd("ask", str(rec.image_path(synth_data)), rec.question, "--model", str(bundle),
-                                   "--json", block_torch=True), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        edgevqa_cmd(
+            "ask",
+            str(rec.image_path(synth_data)),
+            rec.question,
+            "--model",
+            str(bundle),
+            "--json",
+            block_torch=True,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert isinstance(out["answer"], str) and out["token_ids"]

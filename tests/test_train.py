@@ -34,8 +34,15 @@ def test_batch_labels_follow_blip_conventions(base_run, synth_data):
 
 
 def test_run_folder(base_run, lora_run):
-    for f in ("config.json", "metrics.jsonl", "eval.json", "model/model.safetensors", "model/config.json",
-              "tokenizer/tokenizer.json", "model/preprocessor_config.json"):
+    for f in (
+        "config.json",
+        "metrics.jsonl",
+        "eval.json",
+        "model/model.safetensors",
+        "model/config.json",
+        "tokenizer/tokenizer.json",
+        "model/preprocessor_config.json",
+    ):
         assert (base_run / f).is_file(), f
     assert (lora_run / "adapter" / "adapter_model.safetensors").is_file()
     assert not (lora_run / "model").exists()
@@ -80,8 +87,19 @@ def test_resume_continues_exactly(tmp_path, synth_data, monkeypatch):
     from edgevqa.train import loop
 
     def cfg(out):
-        return TrainConfig(base="tiny-blip", data=str(synth_data), out=str(out), max_steps=12, lr=1e-3,
-                           warmup_steps=2, batch_size=8, eval_every=0, checkpoint_every=6, image_size=32, threads=1)
+        return TrainConfig(
+            base="tiny-blip",
+            data=str(synth_data),
+            out=str(out),
+            max_steps=12,
+            lr=1e-3,
+            warmup_steps=2,
+            batch_size=8,
+            eval_every=0,
+            checkpoint_every=6,
+            image_size=32,
+            threads=1,
+        )
 
     loop.train(cfg(tmp_path / "straight"), progress=False)
     calls = {"n": 0}
@@ -113,3 +131,18 @@ def test_config_errors_name_the_flag():
         TrainConfig(lr=0)
     with pytest.raises(InputError, match="--batch-size"):
         TrainConfig(batch_size=0)
+
+
+def test_unloadable_base_leaves_no_run(tmp_path, synth_data, monkeypatch):
+    from edgevqa.train import loop
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="cannot load BLIP VQA model"):
+        loop.train(
+            TrainConfig(base="no-such-org/no-such-blip", data=str(synth_data), out=str(out)), progress=False
+        )
+    assert not out.exists()
+    with pytest.raises(InputError, match="holds no model"):
+        loop.train(TrainConfig(base=str(tmp_path), data=str(synth_data), out=str(out)), progress=False)
+    assert not out.exists()

@@ -54,7 +54,9 @@ def load_split(root: str | Path, split: str) -> list[VQARecord]:
     """
     path = Path(root) / f"{split}.jsonl"
     if not path.is_file():
-        raise InputError(f"no {split} split in {root}: {path} not found (make one with `edgevqa data synth --out {root}`)")
+        raise InputError(
+            f"no {split} split in {root}: {path} not found (make one with `edgevqa data synth --out {root}`)"
+        )
     records = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -68,6 +70,8 @@ def load_split(root: str | Path, split: str) -> list[VQARecord]:
             if not rec.question.strip() or not rec.answer.strip():
                 raise InputError(f"{path}:{n}: empty question or answer")
             if rec.answer_type not in ANSWER_TYPES:
-                raise InputError(f"{path}:{n}: answer_type must be one of {ANSWER_TYPES}, got {rec.answer_type!r}")
+                raise InputError(
+                    f"{path}:{n}: answer_type must be one of {ANSWER_TYPES}, got {rec.answer_type!r}"
+                )
             records.append(rec)
     return records

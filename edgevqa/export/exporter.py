@@ -80,13 +80,30 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     with atomic.directory(out, overwrite=cfg.overwrite) as tmp:
         write_graphs(model, spec, tmp, cfg.precisions)
         tok.backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
-        manifest = make_manifest(model, tok, image_spec, spec, cfg.precisions, tcfg.max_question_tokens,
-                                 tcfg.max_answer_tokens, {"run": str(run.resolve()), "base": tcfg.base,
-                                                          "lora": merged.lora})
+        manifest = make_manifest(
+            model,
+            tok,
+            image_spec,
+            spec,
+            cfg.precisions,
+            tcfg.max_question_tokens,
+            tcfg.max_answer_tokens,
+            {"run": str(run.resolve()), "base": tcfg.base, "lora": merged.lora},
+        )
         bundle.write_manifest(tmp, manifest)
         with step("validate"):
-            fidelity = validate_bundle(tmp, model, tok, spec, enc, records, images_for(image_spec), cfg,
-                                       tcfg.max_answer_tokens, progress)
+            fidelity = validate_bundle(
+                tmp,
+                model,
+                tok,
+                spec,
+                enc,
+                records,
+                images_for(image_spec),
+                cfg,
+                tcfg.max_answer_tokens,
+                progress,
+            )
             fidelity["merge"] = merged.report or {"lora": False}
         atomic.write_json(tmp / bundle.FIDELITY, fidelity)
         gate(fidelity, cfg)
@@ -97,8 +114,12 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
 
 def seal(root: Path, manifest: bundle.Manifest) -> None:
     """Record every file's sha256 in the manifest and write it: the bundle is complete."""
-    manifest.files = bundle.record_files(root, sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                                                      if p.is_file() and p.name != bundle.MANIFEST))
+    manifest.files = bundle.record_files(
+        root,
+        sorted(
+            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != bundle.MANIFEST
+        ),
+    )
     bundle.write_manifest(root, manifest)
 
 
@@ -119,17 +140,34 @@ def write_graphs(model: Any, spec: specs.FamilySpec, root: Path, precisions: lis
         shutil.rmtree(fp32)
 
 
-def make_manifest(model: Any, tok: Any, image: bundle.ImageSpec, spec: specs.FamilySpec, precisions: list[str],
-                  max_question_tokens: int, max_answer_tokens: int, source: dict[str, Any]) -> bundle.Manifest:
+def make_manifest(
+    model: Any,
+    tok: Any,
+    image: bundle.ImageSpec,
+    spec: specs.FamilySpec,
+    precisions: list[str],
+    max_question_tokens: int,
+    max_answer_tokens: int,
+    source: dict[str, Any],
+) -> bundle.Manifest:
     tc = model.config.text_config
     return bundle.Manifest(
         family=spec.family,
         image=image,
-        text=bundle.TextSpec(bos_id=tok.bos_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id,
-                             max_question_tokens=max_question_tokens, max_answer_tokens=max_answer_tokens,
-                             clean_up_tokenization_spaces=bool(getattr(tok, "clean_up_tokenization_spaces", True))),
-        decoder=bundle.DecoderSpec(num_layers=tc.num_hidden_layers, num_heads=tc.num_attention_heads,
-                                   head_dim=tc.hidden_size // tc.num_attention_heads, vocab_size=tc.vocab_size),
+        text=bundle.TextSpec(
+            bos_id=tok.bos_token_id,
+            sep_id=tok.sep_token_id,
+            pad_id=tok.pad_token_id,
+            max_question_tokens=max_question_tokens,
+            max_answer_tokens=max_answer_tokens,
+            clean_up_tokenization_spaces=bool(getattr(tok, "clean_up_tokenization_spaces", True)),
+        ),
+        decoder=bundle.DecoderSpec(
+            num_layers=tc.num_hidden_layers,
+            num_heads=tc.num_attention_heads,
+            head_dim=tc.hidden_size // tc.num_attention_heads,
+            vocab_size=tc.vocab_size,
+        ),
         graphs={g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in spec.graphs},
         precisions={p: {g.name: f"{p}/{g.name}.onnx" for g in spec.graphs} for p in precisions},
         default_precision=precisions[0],
@@ -148,29 +186,48 @@ def versions() -> dict[str, str]:
     return out
 
 
-def validate_bundle(root: Path, model: Any, tok: Any, spec: specs.FamilySpec, enc: Any, records: list,
-                    images: ImageCache, cfg: ExportConfig, max_answer: int, progress: bool) -> dict[str, Any]:
+def validate_bundle(
+    root: Path,
+    model: Any,
+    tok: Any,
+    spec: specs.FamilySpec,
+    enc: Any,
+    records: list,
+    images: ImageCache,
+    cfg: ExportConfig,
+    max_answer: int,
+    progress: bool,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from edgevqa.runtime import VQAPipeline
 
     ref = generate_answers(model, tok, enc, images, max_answer, progress=progress)
     feeds = validate.graph_inputs(model, enc, images, n=8, bos=tok.bos_token_id)
-    report: dict[str, Any] = {"split": "val", "n": len(records), "min_agreement": cfg.min_agreement,
-                              "precisions": {}}
+    report: dict[str, Any] = {
+        "split": "val",
+        "n": len(records),
+        "min_agreement": cfg.min_agreement,
+        "precisions": {},
+    }
     for p in cfg.precisions:
         pipe = VQAPipeline.from_bundle(root, precision=p, verify=False)
         graphs = validate.compare_graphs(model, spec, pipe.sessions, feeds)
         ids, texts = [], []
-        for r, path in tqdm(list(zip(records, enc.image_paths)), desc=f"onnx {p}", disable=not progress,
-                            leave=False):
+        for r, path in tqdm(
+            list(zip(records, enc.image_paths)), desc=f"onnx {p}", disable=not progress, leave=False
+        ):
             a = pipe.ask(path, r.question)
             ids.append(a.token_ids)
             texts.append(a.text)
         report["precisions"][p] = {"graphs": graphs, **validate.compare_answers(ref, ids, texts, records)}
         log.info("%s: answer agreement with PyTorch %.4f", p, report["precisions"][p]["answer_agreement"])
-    report["torch_accuracy"] = vqa_accuracy(ref.texts, [r.answer for r in records],
-                                             [r.answer_type for r in records], [r.category for r in records])
+    report["torch_accuracy"] = vqa_accuracy(
+        ref.texts,
+        [r.answer for r in records],
+        [r.answer_type for r in records],
+        [r.category for r in records],
+    )
     return report
 
 
@@ -179,13 +236,20 @@ def gate(fidelity: dict[str, Any], cfg: ExportConfig) -> None:
     problems = []
     for p, rep in fidelity["precisions"].items():
         if p == "fp32":
-            problems += [f"fp32 {g} differs from PyTorch by {max(r['max_abs_diff'].values()):.2e} > atol {r['atol']}"
-                         for g, r in rep["graphs"].items() if not r["within_atol"]]
+            problems += [
+                f"fp32 {g} differs from PyTorch by {max(r['max_abs_diff'].values()):.2e} > atol {r['atol']}"
+                for g, r in rep["graphs"].items()
+                if not r["within_atol"]
+            ]
         if rep["answer_agreement"] < cfg.min_agreement:
-            problems.append(f"{p} answers agree with PyTorch on {rep['answer_agreement']:.1%} of validation "
-                            f"questions (< --min-agreement {cfg.min_agreement:.0%})")
+            problems.append(
+                f"{p} answers agree with PyTorch on {rep['answer_agreement']:.1%} of validation "
+                f"questions (< --min-agreement {cfg.min_agreement:.0%})"
+            )
     fidelity["passed"] = not problems
     fidelity["problems"] = problems
     if problems and not cfg.force:
-        raise ValidationError("export refused: " + "; ".join(problems) + " (ship other precisions with "
-                              "--precision, or --force to write it anyway)")
+        raise ValidationError(
+            "export refused: " + "; ".join(problems) + " (ship other precisions with "
+            "--precision, or --force to write it anyway)"
+        )

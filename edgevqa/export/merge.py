@@ -17,7 +17,7 @@ from edgevqa import config
 from edgevqa.config import TrainConfig
 from edgevqa.errors import InputError, ValidationError
 from edgevqa.train import models
-from edgevqa.train.data import Encoded, ImageCache, make_batch
+from edgevqa.train.data import Encoded, make_batch
 from edgevqa.train.infer import generate_answers
 
 log = logging.getLogger("edgevqa.export")
@@ -35,7 +35,9 @@ def read_run(run: Path) -> TrainConfig:
     if not (run / "config.json").is_file():
         raise InputError(f"{run} is not a training run (no config.json); train one with `edgevqa train`")
     if not (run / "model").is_dir() and not (run / "adapter").is_dir():
-        raise InputError(f"{run} has no model/ or adapter/: the training did not finish (resume it with --resume)")
+        raise InputError(
+            f"{run} has no model/ or adapter/: the training did not finish (resume it with --resume)"
+        )
     return config.load(TrainConfig, run / "config.json")
 
 
@@ -76,17 +78,25 @@ def merge_run(run: Path, probe: Encoded | None, images_for: Any) -> MergedRun:
         same = sum(a == b for a, b in zip(before.token_ids, after.token_ids))
         report.update(probe_questions=len(probe.records), identical_answers=same, max_logit_diff=diff)
         if same != len(probe.records) or diff > 1e-3:
-            raise ValidationError(f"merging the LoRA adapter changed answers ({same}/{len(probe.records)} identical, "
-                                  f"max logit diff {diff:.2e}); the adapter and base do not fit together")
+            raise ValidationError(
+                f"merging the LoRA adapter changed answers ({same}/{len(probe.records)} identical, "
+                f"max logit diff {diff:.2e}); the adapter and base do not fit together"
+            )
         log.info("merge: %d/%d answers identical, max logit diff %.2e", same, len(probe.records), diff)
-    return MergedRun(models.Loaded(merged.eval(), tok, adapted.image, cfg.base), cfg, lora=True, report=report)
+    return MergedRun(
+        models.Loaded(merged.eval(), tok, adapted.image, cfg.base), cfg, lora=True, report=report
+    )
 
 
 def _logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """Decoder logits for teacher-forced answers (the full forward pass)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     image = base.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
-    q = base.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          encoder_hidden_states=image).last_hidden_state
-    return base.text_decoder(input_ids=batch["decoder_input_ids"], encoder_hidden_states=q,
-                             encoder_attention_mask=batch["attention_mask"]).logits
+    q = base.text_encoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], encoder_hidden_states=image
+    ).last_hidden_state
+    return base.text_decoder(
+        input_ids=batch["decoder_input_ids"],
+        encoder_hidden_states=q,
+        encoder_attention_mask=batch["attention_mask"],
+    ).logits

@@ -27,8 +27,9 @@ def wrapper(family: str, graph: str, model: Any) -> torch.nn.Module:
     return _WRAPPERS[(family, graph)](model).eval()
 
 
-def dummy_inputs(model: Any, graph: str, batch: int = 2, question: int = 7, past: int = 3,
-                 new: int = 1) -> dict[str, torch.Tensor]:
+def dummy_inputs(
+    model: Any, graph: str, batch: int = 2, question: int = 7, past: int = 3, new: int = 1
+) -> dict[str, torch.Tensor]:
     """Inputs of the right dtypes and shapes; sizes differ per axis so no axis is confused."""
     vc, tc = model.config.vision_config, model.config.text_config
     n_img = (vc.image_size // vc.patch_size) ** 2 + 1
@@ -38,13 +39,21 @@ def dummy_inputs(model: Any, graph: str, batch: int = 2, question: int = 7, past
     cross = torch.randn(layers, batch, heads, question, d, generator=g)
     ids = torch.randint(5, tc.vocab_size, (batch, question), generator=g)
     return {
-        "vision_encoder": lambda: {"pixel_values": torch.randn(batch, 3, vc.image_size, vc.image_size, generator=g)},
-        "question_encoder": lambda: {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                     "image_embeds": torch.randn(batch, n_img, vc.hidden_size, generator=g)},
-        "decoder_step": lambda: {"input_ids": ids[:, :new],
-                                 "past_key": torch.randn(layers, batch, heads, past, d, generator=g),
-                                 "past_value": torch.randn(layers, batch, heads, past, d, generator=g),
-                                 "cross_key": cross, "cross_value": cross.flip(-1).contiguous()},
+        "vision_encoder": lambda: {
+            "pixel_values": torch.randn(batch, 3, vc.image_size, vc.image_size, generator=g)
+        },
+        "question_encoder": lambda: {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "image_embeds": torch.randn(batch, n_img, vc.hidden_size, generator=g),
+        },
+        "decoder_step": lambda: {
+            "input_ids": ids[:, :new],
+            "past_key": torch.randn(layers, batch, heads, past, d, generator=g),
+            "past_value": torch.randn(layers, batch, heads, past, d, generator=g),
+            "cross_key": cross,
+            "cross_value": cross.flip(-1).contiguous(),
+        },
     }[graph]()
 
 
@@ -65,9 +74,17 @@ def export_graph(model: Any, spec: FamilySpec, graph: str, path: Path) -> Path:
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            module, (), kwargs=args, dynamo=True, dynamic_shapes=dynamic_shapes(g),
-            input_names=list(g.inputs), output_names=list(g.outputs), opset_version=spec.opset,
-            external_data=False, verbose=False, optimize=True,
+            module,
+            (),
+            kwargs=args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes(g),
+            input_names=list(g.inputs),
+            output_names=list(g.outputs),
+            opset_version=spec.opset,
+            external_data=False,
+            verbose=False,
+            optimize=True,
         )
         prog.save(str(path))
     return path

@@ -56,20 +56,42 @@ def families() -> list[str]:
 _CACHE = {1: "batch", 3: "past"}  # stacked KV cache: [layers, batch, heads, past, head_dim]
 _CROSS = {1: "batch", 3: "question"}
 
-BLIP_VQA = register(FamilySpec(
-    family="blip-vqa",
-    graphs=(
-        GraphSpec("vision_encoder",
-                  inputs={"pixel_values": {0: "batch"}},
-                  outputs={"image_embeds": {0: "batch"}}, atol=1e-4),
-        GraphSpec("question_encoder",
-                  inputs={"input_ids": {0: "batch", 1: "question"}, "attention_mask": {0: "batch", 1: "question"},
-                          "image_embeds": {0: "batch"}},
-                  outputs={"cross_key": _CROSS, "cross_value": _CROSS}, atol=1e-4),
-        GraphSpec("decoder_step",
-                  inputs={"input_ids": {0: "batch", 1: "new"}, "past_key": _CACHE, "past_value": _CACHE,
-                          "cross_key": _CROSS, "cross_value": _CROSS},
-                  outputs={"logits": {0: "batch", 1: "new"}, "present_key": {1: "batch", 3: "total"},
-                           "present_value": {1: "batch", 3: "total"}}, atol=1e-3),
-    ),
-))
+BLIP_VQA = register(
+    FamilySpec(
+        family="blip-vqa",
+        graphs=(
+            GraphSpec(
+                "vision_encoder",
+                inputs={"pixel_values": {0: "batch"}},
+                outputs={"image_embeds": {0: "batch"}},
+                atol=1e-4,
+            ),
+            GraphSpec(
+                "question_encoder",
+                inputs={
+                    "input_ids": {0: "batch", 1: "question"},
+                    "attention_mask": {0: "batch", 1: "question"},
+                    "image_embeds": {0: "batch"},
+                },
+                outputs={"cross_key": _CROSS, "cross_value": _CROSS},
+                atol=1e-4,
+            ),
+            GraphSpec(
+                "decoder_step",
+                inputs={
+                    "input_ids": {0: "batch", 1: "new"},
+                    "past_key": _CACHE,
+                    "past_value": _CACHE,
+                    "cross_key": _CROSS,
+                    "cross_value": _CROSS,
+                },
+                outputs={
+                    "logits": {0: "batch", 1: "new"},
+                    "present_key": {1: "batch", 3: "total"},
+                    "present_value": {1: "batch", 3: "total"},
+                },
+                atol=1e-3,
+            ),
+        ),
+    )
+)

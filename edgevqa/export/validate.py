@@ -25,8 +25,10 @@ log = logging.getLogger("edgevqa.export")
 def graph_inputs(model: Any, enc: Encoded, images: ImageCache, n: int, bos: int) -> dict[str, list[dict]]:
     """Real inputs for each graph, from the first ``n`` validation questions (batch 1 each)."""
     feeds: dict[str, list[dict]] = {"vision_encoder": [], "question_encoder": [], "decoder_step": []}
-    vis, qen, dec = (export_onnx.wrapper("blip-vqa", g, model) for g in
-                     ("vision_encoder", "question_encoder", "decoder_step"))
+    vis, qen, dec = (
+        export_onnx.wrapper("blip-vqa", g, model)
+        for g in ("vision_encoder", "question_encoder", "decoder_step")
+    )
     with torch.inference_mode():
         for i in range(min(n, len(enc.records))):
             px = torch.from_numpy(images.get(enc.image_paths[i]))[None]
@@ -38,15 +40,21 @@ def graph_inputs(model: Any, enc: Encoded, images: ImageCache, n: int, bos: int)
             _, pk, pv = dec(first, empty, empty, ck, cv)
             nxt = torch.tensor([enc.answer_ids[i][1:3] or [bos]])  # two teacher-forced tokens, past = 1
             feeds["vision_encoder"].append({"pixel_values": px})
-            feeds["question_encoder"].append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                              "image_embeds": emb})
-            feeds["decoder_step"].append({"input_ids": nxt, "past_key": pk, "past_value": pv,
-                                          "cross_key": ck, "cross_value": cv})
+            feeds["question_encoder"].append(
+                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_embeds": emb}
+            )
+            feeds["decoder_step"].append(
+                {"input_ids": nxt, "past_key": pk, "past_value": pv, "cross_key": ck, "cross_value": cv}
+            )
     return feeds
 
 
-def compare_graphs(model: Any, spec: FamilySpec, sessions: dict[str, Any], feeds: dict[str, list[dict]],
-                   ) -> dict[str, dict[str, Any]]:
+def compare_graphs(
+    model: Any,
+    spec: FamilySpec,
+    sessions: dict[str, Any],
+    feeds: dict[str, list[dict]],
+) -> dict[str, dict[str, Any]]:
     """Max abs diff per graph output (worst over the inputs), torch wrapper vs onnxruntime."""
     report = {}
     for g in spec.graphs:
@@ -61,13 +69,17 @@ def compare_graphs(model: Any, spec: FamilySpec, sessions: dict[str, Any], feeds
                 if r.shape != o.shape:
                     raise AssertionError(f"{g.name}.{name}: shape {o.shape} != torch {tuple(r.shape)}")
                 worst[name] = max(worst[name], float(np.abs(r.numpy() - o).max()))
-        report[g.name] = {"max_abs_diff": worst, "atol": g.atol,
-                          "within_atol": all(v <= g.atol for v in worst.values())}
+        report[g.name] = {
+            "max_abs_diff": worst,
+            "atol": g.atol,
+            "within_atol": all(v <= g.atol for v in worst.values()),
+        }
     return report
 
 
-def compare_answers(torch_out: Generated, runtime_ids: list[list[int]], runtime_texts: list[str],
-                    records: list[Any]) -> dict[str, Any]:
+def compare_answers(
+    torch_out: Generated, runtime_ids: list[list[int]], runtime_texts: list[str], records: list[Any]
+) -> dict[str, Any]:
     golds = [r.answer for r in records]
     seq = sum(a == b for a, b in zip(torch_out.token_ids, runtime_ids)) / max(len(golds), 1)
     return {
@@ -75,8 +87,9 @@ def compare_answers(torch_out: Generated, runtime_ids: list[list[int]], runtime_
         "answer_agreement": agreement(torch_out.texts, runtime_texts),
         "sequence_agreement": seq,
         "token_agreement": token_agreement(torch_out.token_ids, runtime_ids),
-        "accuracy": vqa_accuracy(runtime_texts, golds, [r.answer_type for r in records],
-                                 [r.category for r in records]),
+        "accuracy": vqa_accuracy(
+            runtime_texts, golds, [r.answer_type for r in records], [r.category for r in records]
+        ),
     }
 
 

@@ -55,8 +55,12 @@ class QuestionEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor):
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-        q = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds,
-                      encoder_attention_mask=image_mask).last_hidden_state
+        q = self.text(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
         keys = [_heads(layer.crossattention.self.key(q), self.n_heads) for layer in self.layers]
         values = [_heads(layer.crossattention.self.value(q), self.n_heads) for layer in self.layers]
         return torch.stack(keys), torch.stack(values)
@@ -78,8 +82,14 @@ class DecoderStep(nn.Module):
         zero = torch.zeros((), dtype=dtype)
         return torch.where(k_pos <= q_pos, zero, torch.finfo(dtype).min)
 
-    def forward(self, input_ids: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor,
-                cross_key: torch.Tensor, cross_value: torch.Tensor):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        cross_key: torch.Tensor,
+        cross_value: torch.Tensor,
+    ):
         past, t = past_key.shape[3], input_ids.shape[1]
         positions = torch.arange(t, device=input_ids.device).unsqueeze(0) + past
         x = self.emb.LayerNorm(self.emb.word_embeddings(input_ids) + self.emb.position_embeddings(positions))

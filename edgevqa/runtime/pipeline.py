@@ -37,17 +37,25 @@ class Answer:
 
 
 class VQAPipeline:
-    def __init__(self, bundle: Path, manifest: Manifest, precision: str, sessions: dict[str, Any],
-                 tokenizer: QuestionTokenizer):
+    def __init__(
+        self,
+        bundle: Path,
+        manifest: Manifest,
+        precision: str,
+        sessions: dict[str, Any],
+        tokenizer: QuestionTokenizer,
+    ):
         self.bundle, self.manifest, self.precision = bundle, manifest, precision
         self.sessions, self.tokenizer = sessions, tokenizer
         t = manifest.text
-        self.options = DecodingOptions(bos_id=t.bos_id, eos_id=t.sep_id, pad_id=t.pad_id,
-                                       max_new_tokens=t.max_answer_tokens)
+        self.options = DecodingOptions(
+            bos_id=t.bos_id, eos_id=t.sep_id, pad_id=t.pad_id, max_new_tokens=t.max_answer_tokens
+        )
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path, precision: str | None = None, threads: int = 0,
-                    verify: bool = True) -> VQAPipeline:
+    def from_bundle(
+        cls, bundle: str | Path, precision: str | None = None, threads: int = 0, verify: bool = True
+    ) -> VQAPipeline:
         """Load and verify a bundle.
 
         Args:
@@ -63,7 +71,9 @@ class VQAPipeline:
         m = load_manifest(bundle, precision=precision, verify=verify)
         precision = precision or m.default_precision
         if m.family not in SUPPORTED_FAMILIES:
-            raise BundleError(f"bundle family {m.family!r} is not supported by this runtime ({SUPPORTED_FAMILIES})")
+            raise BundleError(
+                f"bundle family {m.family!r} is not supported by this runtime ({SUPPORTED_FAMILIES})"
+            )
         sessions = {}
         for name in GRAPHS:
             try:
@@ -89,24 +99,41 @@ class VQAPipeline:
 
     def question_ids(self, question: str) -> np.ndarray:
         if len(question) > MAX_QUESTION_CHARS:
-            raise InputError(f"the question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}")
+            raise InputError(
+                f"the question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}"
+            )
         return self.tokenizer.encode(question, self.manifest.text.max_question_tokens)[None, :]
 
-    def answer_from_embeds(self, image_embeds: np.ndarray, question: str) -> tuple[list[int], dict[str, float]]:
+    def answer_from_embeds(
+        self, image_embeds: np.ndarray, question: str
+    ) -> tuple[list[int], dict[str, float]]:
         """Answer token ids (no bos; [SEP] kept when produced) and per-stage timings."""
         return self._decode(image_embeds, self.question_ids(question))
 
-    def _decode(self, image_embeds: np.ndarray, ids: np.ndarray, options: DecodingOptions | None = None,
-                ) -> tuple[list[int], dict[str, float]]:
+    def _decode(
+        self,
+        image_embeds: np.ndarray,
+        ids: np.ndarray,
+        options: DecodingOptions | None = None,
+    ) -> tuple[list[int], dict[str, float]]:
         t0 = time.perf_counter()
         cross_k, cross_v = self.sessions["question_encoder"].run(
-            None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": image_embeds})
+            None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": image_embeds}
+        )
         t1 = time.perf_counter()
         dec = self.sessions["decoder_step"]
 
         def step(input_ids: np.ndarray, past_k: np.ndarray, past_v: np.ndarray):
-            return dec.run(None, {"input_ids": input_ids, "past_key": past_k, "past_value": past_v,
-                                  "cross_key": cross_k, "cross_value": cross_v})
+            return dec.run(
+                None,
+                {
+                    "input_ids": input_ids,
+                    "past_key": past_k,
+                    "past_value": past_v,
+                    "cross_key": cross_k,
+                    "cross_value": cross_v,
+                },
+            )
 
         empty = np.zeros((*cross_k.shape[:3], 0, cross_k.shape[4]), dtype=cross_k.dtype)
         out = greedy(step, empty, batch=1, opts=options or self.options)[0]
@@ -130,6 +157,10 @@ class VQAPipeline:
         t2 = time.perf_counter()
         out, timings = self._decode(embeds, ids, options)
         text = self.tokenizer.decode(out, self.manifest.text.clean_up_tokenization_spaces)
-        timings = {"preprocess_ms": 1e3 * (t1 - t0), "vision_ms": 1e3 * (t2 - t1), **timings,
-                   "total_ms": 1e3 * (time.perf_counter() - t0)}
+        timings = {
+            "preprocess_ms": 1e3 * (t1 - t0),
+            "vision_ms": 1e3 * (t2 - t1),
+            **timings,
+            "total_ms": 1e3 * (time.perf_counter() - t0),
+        }
         return Answer(text, out, {k: round(v, 3) for k, v in timings.items()})

@@ -41,8 +41,9 @@ def default_threads() -> int:
     return max(1, n or 1)
 
 
-def make_session(path: str | Path, threads: int = 0,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+def make_session(
+    path: str | Path, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
     """An InferenceSession on ``path`` (``threads`` 0: every core)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

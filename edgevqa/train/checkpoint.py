@@ -52,8 +52,10 @@ def load(run: Path, model: Any, optimizer: Any) -> dict[str, Any]:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if unexpected or (trainable - set(weights)):
-        raise RuntimeError(f"checkpoint does not match the model: unexpected={unexpected[:5]} "
-                           f"missing={sorted(trainable - set(weights))[:5]}")
+        raise RuntimeError(
+            f"checkpoint does not match the model: unexpected={unexpected[:5]} "
+            f"missing={sorted(trainable - set(weights))[:5]}"
+        )
     # weights_only: optimizer state is tensors and numbers; never unpickle arbitrary objects
     optimizer.load_state_dict(torch.load(ck / OPTIM, weights_only=True))
     return json.loads((ck / STATE).read_text())

@@ -38,7 +38,9 @@ def group_key(r: VQARecord) -> str:
     return f"{r.answer_type}/{r.category}"
 
 
-def encode_records(records: list[VQARecord], root: str | Path, tokenizer: Any, max_q: int, max_a: int) -> Encoded:
+def encode_records(
+    records: list[VQARecord], root: str | Path, tokenizer: Any, max_q: int, max_a: int
+) -> Encoded:
     q = tokenizer([r.question for r in records], truncation=True, max_length=max_q)["input_ids"]
     a = tokenizer([r.answer for r in records], truncation=True, max_length=max_a + 1)["input_ids"]
     bos = tokenizer.bos_token_id

@@ -23,8 +23,15 @@ class Generated:
     token_ids: list[list[int]]  # answer ids without the leading bos
 
 
-def generate_answers(model: Any, tokenizer: Any, enc: Encoded, images: ImageCache, max_answer_tokens: int,
-                     batch_size: int = 64, progress: bool = False) -> Generated:
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    enc: Encoded,
+    images: ImageCache,
+    max_answer_tokens: int,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Generated:
     import torch
     from tqdm.auto import tqdm
 
@@ -46,13 +53,21 @@ def generate_answers(model: Any, tokenizer: Any, enc: Encoded, images: ImageCach
     return Generated(texts, ids)
 
 
-def generate_batch(model: Any, enc: Encoded, images: ImageCache, idx: list[int], max_answer_tokens: int) -> list:
+def generate_batch(
+    model: Any, enc: Encoded, images: ImageCache, idx: list[int], max_answer_tokens: int
+) -> list:
     import torch
 
     pixels = torch.from_numpy(np.stack([images.get(enc.image_paths[i]) for i in idx]))
     q = torch.tensor([enc.question_ids[i] for i in idx], dtype=torch.long)
-    out = model.generate(input_ids=q, pixel_values=pixels, attention_mask=torch.ones_like(q),
-                         max_new_tokens=max_answer_tokens, do_sample=False, num_beams=1)
+    out = model.generate(
+        input_ids=q,
+        pixel_values=pixels,
+        attention_mask=torch.ones_like(q),
+        max_new_tokens=max_answer_tokens,
+        do_sample=False,
+        num_beams=1,
+    )
     return out.tolist()
 
 

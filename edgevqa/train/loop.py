@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Store local paths absolute, so export and bench find the base and data from any directory."""
+    from dataclasses import replace
+
+    base = Path(cfg.base).expanduser()
+    return replace(
+        cfg,
+        data=str(Path(cfg.data).expanduser().resolve()),
+        base=str(base.resolve()) if base.exists() else cfg.base,
+    )
+
+
 def words_of(texts: list[str]) -> set[str]:
     return {w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())}
 
@@ -50,7 +63,9 @@ def load_model(cfg: TrainConfig, run: Path, train_recs: list) -> models.Loaded:
     """The base model: a preset built from its config, or a pretrained folder / hub id."""
     if cfg.base in models.PRESETS:
         if cfg.lora:
-            raise InputError("--lora adapts a trained model: train tiny-blip fully first, then `--base RUN --lora`")
+            raise InputError(
+                "--lora adapts a trained model: train tiny-blip fully first, then `--base RUN --lora`"
+            )
         from edgevqa.train.tokenizer import build_wordpiece_tokenizer
 
         tok_dir = run / "tokenizer"
@@ -59,8 +74,9 @@ def load_model(cfg: TrainConfig, run: Path, train_recs: list) -> models.Loaded:
 
             tok = AutoTokenizer.from_pretrained(tok_dir)
         else:
-            tok = build_wordpiece_tokenizer(words_of([r.question for r in train_recs] + [r.answer for r in train_recs]),
-                                            tok_dir)
+            tok = build_wordpiece_tokenizer(
+                words_of([r.question for r in train_recs] + [r.answer for r in train_recs]), tok_dir
+            )
         model = models.build_tiny(tok, cfg.image_size, cfg.seed)
         return models.Loaded(model, tok, models.image_spec_for(cfg.image_size), cfg.base)
     loaded = models.load_pretrained(cfg.base)
@@ -79,19 +95,34 @@ def prepare(model: Any, cfg: TrainConfig) -> Any:
 # evaluation
 
 
-def evaluate(model: Any, tok: Any, enc: Encoded, images: ImageCache, cfg: TrainConfig, limit: int = 0,
-             progress: bool = False) -> dict[str, float]:
+def evaluate(
+    model: Any,
+    tok: Any,
+    enc: Encoded,
+    images: ImageCache,
+    cfg: TrainConfig,
+    limit: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
     if limit and limit < len(enc.records):
         sel = np.random.default_rng(0).choice(len(enc.records), limit, replace=False)
-        enc = Encoded(*[[getattr(enc, f)[i] for i in sel] for f in ("records", "image_paths", "question_ids",
-                                                                     "answer_ids")])
+        enc = Encoded(
+            *[
+                [getattr(enc, f)[i] for i in sel]
+                for f in ("records", "image_paths", "question_ids", "answer_ids")
+            ]
+        )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     out = generate_answers(base, tok, enc, images, cfg.max_answer_tokens, progress=progress)
     recs = enc.records
-    return vqa_accuracy(out.texts, [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs])
+    return vqa_accuracy(
+        out.texts, [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs]
+    )
 
 
-def final_report(model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, train_recs: list) -> dict[str, Any]:
+def final_report(
+    model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, train_recs: list
+) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for split in ("val", "test"):
         try:
@@ -103,9 +134,15 @@ def final_report(model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, tra
             "n": len(recs),
             "accuracy": evaluate(model, tok, enc, images, cfg, progress=True),
             "baseline": vqa_accuracy(
-                majority_predictions([r.answer for r in train_recs], [group_key(r) for r in train_recs],
-                                     [group_key(r) for r in recs]),
-                [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs]),
+                majority_predictions(
+                    [r.answer for r in train_recs],
+                    [group_key(r) for r in train_recs],
+                    [group_key(r) for r in recs],
+                ),
+                [r.answer for r in recs],
+                [r.answer_type for r in recs],
+                [r.category for r in recs],
+            ),
         }
     return report
 
@@ -115,10 +152,10 @@ def final_report(model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, tra
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train and write the run folder (see checkpoint.py for its layout). Returns the run path."""
-    import torch
-    from tqdm.auto import tqdm
+    """Train and write the run folder (see checkpoint.py for its layout). Returns the run path.
 
+    A run that fails before its first checkpoint is removed again: nothing to resume, nothing left.
+    """
     run = Path(cfg.out)
     if resume:
         if not checkpoint.exists(run):
@@ -126,11 +163,28 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         cfg = config.load(TrainConfig, run / "config.json")
     elif run.exists() and any(run.iterdir()):
         raise InputError(f"{run} already exists; choose a new --out or pass --resume to continue it")
+    else:
+        cfg = absolute_paths(cfg)
+    train_recs, val_recs = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(cfg, run, resume, progress, train_recs, val_recs)
+    except BaseException:
+        if created and not checkpoint.exists(run):
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def _train(
+    cfg: TrainConfig, run: Path, resume: bool, progress: bool, train_recs: list, val_recs: list
+) -> Path:
+    import torch
+    from tqdm.auto import tqdm
+
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
 
-    train_recs, val_recs = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     loaded = load_model(cfg, run, train_recs)
     model, tok = prepare(loaded.model, cfg), loaded.tokenizer
     config.save(cfg, run / "config.json")
@@ -145,8 +199,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
     step = checkpoint.load(run, model, opt)["step"] if resume else 0
 
     model.train()
@@ -169,8 +226,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         losses.append(loss.item())
         bar.update(1)
         if step % 50 == 0 or step == total:
-            row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": float(np.mean(losses)),
-                   "lr": lr, "elapsed_s": round(time.perf_counter() - t0, 2)}
+            row = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 3),
+                "loss": float(np.mean(losses)),
+                "lr": lr,
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+            }
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
             checkpoint.append_metrics(run, row)
             losses = []

@@ -19,8 +19,13 @@ def targets(cfg: TrainConfig) -> list[str]:
 def wrap(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                    target_modules=targets(cfg), bias="none")
+    lc = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets(cfg),
+        bias="none",
+    )
     return get_peft_model(model, lc)
 
 

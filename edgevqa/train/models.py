@@ -33,7 +33,9 @@ class Loaded:
     source: str
 
 
-def blip_config(arch: str, vocab_size: int = 30524, image_size: int = 384, token_ids: dict | None = None) -> Any:
+def blip_config(
+    arch: str, vocab_size: int = 30524, image_size: int | None = None, token_ids: dict | None = None
+) -> Any:
     """A BlipConfig for ``arch`` with random-init settings that train from scratch.
 
     ``blip-vqa-base`` is the full-size Salesforce/blip-vqa-base architecture: ViT-B/16 at 384 px,
@@ -44,10 +46,22 @@ def blip_config(arch: str, vocab_size: int = 30524, image_size: int = 384, token
     ids = token_ids or {"bos_token_id": 30522, "sep_token_id": 102, "pad_token_id": 0}
     if arch == "tiny-blip":
         # Sizes measured in shared/notes: learns whole-image questions in ~1 min on 2 cores.
-        vision = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                      image_size=image_size, patch_size=16, initializer_range=0.02)
-        text = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                    max_position_embeddings=64)
+        vision = dict(
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size or 64,
+            patch_size=16,
+            initializer_range=0.02,
+        )
+        text = dict(
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        )
     elif arch == "blip-vqa-base":
         vision = dict(image_size=384, patch_size=16, initializer_range=0.02)
         text = dict(num_attention_heads=12)
@@ -66,15 +80,18 @@ def build_tiny(tokenizer: Any, image_size: int, seed: int) -> Any:
     from transformers import BlipForQuestionAnswering
 
     torch.manual_seed(seed)
-    ids = {"bos_token_id": tokenizer.bos_token_id, "sep_token_id": tokenizer.sep_token_id,
-           "pad_token_id": tokenizer.pad_token_id}
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     model = BlipForQuestionAnswering(blip_config("tiny-blip", len(tokenizer), image_size, ids))
     init_sincos_positions(model)
     return model
 
 
 def sincos_2d(grid: int, dim: int) -> Any:
-    """MAE-style fixed 2D sin-cos table [grid*grid, dim]: half the channels encode the row, half the column."""
+    """MAE-style 2D sin-cos table [grid*grid, dim]: half the channels encode the row, half the column."""
     import torch
 
     def one_d(pos: Any, d: int) -> Any:
@@ -111,7 +128,9 @@ def resolve_model_dir(base: str) -> Path | None:
     if (p / "config.json").is_file():
         return p
     if p.exists():
-        raise InputError(f"{p} holds no model: expected config.json (a model folder) or model/config.json (a RUN)")
+        raise InputError(
+            f"{p} holds no model: expected config.json (a model folder) or model/config.json (a RUN)"
+        )
     return None
 
 
@@ -142,9 +161,15 @@ def read_image_spec(src: str) -> ImageSpec:
     proc = BlipImageProcessorPil.from_pretrained(src)
     size = proc.size
     resample = proc.resample if isinstance(proc.resample, int) else int(getattr(proc.resample, "value", 3))
-    return ImageSpec(height=int(size["height"]), width=int(size["width"]), mean=tuple(proc.image_mean),
-                     std=tuple(proc.image_std), resample=_PIL_RESAMPLE.get(resample, "bicubic"),
-                     rescale_factor=float(proc.rescale_factor), do_convert_rgb=bool(proc.do_convert_rgb))
+    return ImageSpec(
+        height=int(size["height"]),
+        width=int(size["width"]),
+        mean=tuple(proc.image_mean),
+        std=tuple(proc.image_std),
+        resample=_PIL_RESAMPLE.get(resample, "bicubic"),
+        rescale_factor=float(proc.rescale_factor),
+        do_convert_rgb=bool(proc.do_convert_rgb),
+    )
 
 
 def save_model_dir(loaded: Loaded, out: Path) -> None:
@@ -153,10 +178,21 @@ def save_model_dir(loaded: Loaded, out: Path) -> None:
     loaded.tokenizer.save_pretrained(out)
     spec = loaded.image
     inv = {v: k for k, v in _PIL_RESAMPLE.items()}
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "BlipImageProcessor", "processor_class": "BlipProcessor",
-        "do_resize": True, "size": {"height": spec.height, "width": spec.width},
-        "resample": inv[spec.resample], "do_rescale": True, "rescale_factor": spec.rescale_factor,
-        "do_normalize": True, "image_mean": list(spec.mean), "image_std": list(spec.std),
-        "do_convert_rgb": spec.do_convert_rgb,
-    }, indent=2))
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "BlipImageProcessor",
+                "processor_class": "BlipProcessor",
+                "do_resize": True,
+                "size": {"height": spec.height, "width": spec.width},
+                "resample": inv[spec.resample],
+                "do_rescale": True,
+                "rescale_factor": spec.rescale_factor,
+                "do_normalize": True,
+                "image_mean": list(spec.mean),
+                "image_std": list(spec.std),
+                "do_convert_rgb": spec.do_convert_rgb,
+            },
+            indent=2,
+        )
+    )
