@@ -16,7 +16,6 @@ _EXTRA = {
     "onnx": "export",
     "onnxscript": "export",
     "matplotlib": "bench",
-    "psutil": "bench",
     "tensorrt": "trt",
 }
 

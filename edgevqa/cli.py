@@ -28,11 +28,24 @@ app.add_typer(data_app, name="data")
 
 
 def _setup_logging(verbose: bool = True) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
-    )
+    """edgevqa's own progress at INFO on stderr; other libraries only from WARNING up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("edgevqa")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.propagate = False
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("torch", "transformers", "peft", "onnxscript", "onnx_ir", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _need(*modules: str) -> None:
+    """Fail with the pip command to run when a torch-side extra is missing (torch-free installs)."""
+    from edgevqa._deps import require
+
+    for m in modules:
+        require(m)
 
 
 def _precisions(values: list[str]) -> list[str]:
@@ -85,6 +98,7 @@ def train(
     ] = False,
 ) -> None:
     """Train BLIP VQA on a dataset folder (full weights, or LoRA with --lora)."""
+    _need("torch", "transformers", "peft", "safetensors")
     from edgevqa.config import TrainConfig
     from edgevqa.train import train as run_train
 
@@ -136,6 +150,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
     """Merge LoRA, export ONNX graphs, quantize, validate against PyTorch and write a bundle."""
+    _need("torch", "transformers", "peft", "onnx", "onnxscript")
     from edgevqa.config import ExportConfig
     from edgevqa.export import export as run_export
 
@@ -207,6 +222,7 @@ def bench(
     answer_tokens: Annotated[int, typer.Option(help="Answer length in tokens with --arch.")] = 8,
 ) -> None:
     """Latency, memory and fidelity: PyTorch vs every ONNX precision, in one run."""
+    _need("torch", "transformers")
     from edgevqa import bench as bench_mod
 
     if arch:
@@ -229,6 +245,7 @@ def demo(
     ] = False,
 ) -> None:
     """The whole loop on the embedded default: synth data -> train -> LoRA -> export -> ask -> bench."""
+    _need("torch", "transformers", "peft", "onnx", "onnxscript")
     from edgevqa import demo as demo_mod
 
     typer.echo(demo_mod.run(workdir, fast=fast))

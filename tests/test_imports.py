@@ -64,3 +64,14 @@ def test_ask_answers_without_torch(bundle, synth_data):
     out = json.loads(p.stdout)
     assert isinstance(out["answer"], str) and out["token_ids"]
     assert {"preprocess_ms", "vision_ms", "question_ms", "decode_ms", "total_ms"} <= set(out["timings_ms"])
+
+
+def test_torch_side_commands_name_the_extra_when_torch_is_missing(tmp_path):
+    for args in (
+        ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")],
+        ["export", str(tmp_path), "--out", str(tmp_path / "b")],
+    ):
+        p = subprocess.run(edgevqa_cmd(*args, block_torch=True), capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2, p.stderr
+        assert "pip install" in p.stderr and "torch==2.13.0" in p.stderr and "Traceback" not in p.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -70,6 +70,8 @@ def export_graph(model: Any, spec: FamilySpec, graph: str, path: Path) -> Path:
     g = spec.graph(graph)
     module = wrapper(spec.family, graph, model)
     args = dummy_inputs(model, graph, new=2)  # T>1 at trace time: the causal mask stays in the graph
+    # torch.onnx warns per export that torchvision ops are not registered: noise for BLIP
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     quiet = io.StringIO()
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
         warnings.simplefilter("ignore")

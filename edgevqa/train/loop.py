@@ -244,10 +244,13 @@ def _train(
             checkpoint.save(run, model, opt, {"step": step})
     bar.close()
 
+    train_seconds = time.perf_counter() - t0  # this session's steps (after a resume: only the rest)
     finish(run, model, loaded, cfg)
+    t1 = time.perf_counter()
     report = final_report(model, tok, cfg, images, train_recs)
-    report["train_seconds"] = round(time.perf_counter() - t0, 1)
-    report["steps"] = total
+    report.update(
+        steps=total, train_seconds=round(train_seconds, 1), eval_seconds=round(time.perf_counter() - t1, 1)
+    )
     atomic.write_json(run / "eval.json", report)
     return run
 
