@@ -10,6 +10,7 @@ majority-answer baseline. Output: report.json, report.md and latency_vs_agreemen
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -72,6 +73,8 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "onnxruntime": onnxruntime.__version__,
     }
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        info["torch"] = importlib.metadata.version("torch")  # the version, without importing torch
     info["cpu"] = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         info["cpu"] = next(
@@ -348,7 +351,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     mach = report["machine"]
     head = (
         f"# edgevqa bench ({report['kind']})\n\nMachine: {mach.get('cpu')}, {mach.get('cores')} cores, "
-        f"onnxruntime {mach.get('onnxruntime')}, Python {mach.get('python')}.\n\n"
+        f"torch {mach.get('torch')}, onnxruntime {mach.get('onnxruntime')}, Python {mach.get('python')}.\n\n"
     )
     if report["kind"] == "arch":
         head += (

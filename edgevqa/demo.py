@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +112,17 @@ def _resumable(run: Path) -> bool:
     return (run / "checkpoints" / "last" / "state.json").is_file()
 
 
+def edgevqa_command() -> str:
+    """How to call edgevqa from the user's shell (the venv's script when it is not on PATH)."""
+    script = Path(sys.executable).parent / "edgevqa"
+    if shutil.which("edgevqa") == str(script) or not script.exists():
+        return "edgevqa"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def summary(report: dict, train_report: dict, seconds: float, workdir: Path, rec, answer: str) -> str:
     from edgevqa.bench import markdown_table
 
@@ -121,7 +134,7 @@ def summary(report: dict, train_report: dict, seconds: float, workdir: Path, rec
         markdown_table(report),
         "",
         f"report: {workdir / 'report' / 'report.md'}   bundle: {workdir / 'bundle'}",
-        f"ask it yourself: edgevqa ask {workdir / 'data' / rec.image} \"{rec.question}\" "
+        f"ask it yourself: {edgevqa_command()} ask {workdir / 'data' / rec.image} \"{rec.question}\" "
         f"--model {workdir / 'bundle'}",
     ]
     return "\n".join(lines)
