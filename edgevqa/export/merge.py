@@ -63,7 +63,6 @@ def merge_run(run: Path, probe: Encoded | None, images_for: Any) -> MergedRun:
     adapted = load_adapted(run, cfg)
     tok = adapted.tokenizer
     report: dict[str, Any] = {"lora": True}
-    before = after = None
     if probe is not None:
         images = images_for(adapted.image)
         batch = make_batch(probe, list(range(min(16, len(probe.records)))), images, tok.pad_token_id)
