@@ -170,36 +170,56 @@ def export(
 @app.command()
 def ask(
     image: Annotated[str, typer.Argument(help="Image file (PNG, JPEG, ...).")],
-    question: Annotated[str, typer.Argument(help="Question about the image.")],
     model: Annotated[Path, typer.Option(help="Bundle folder written by `edgevqa export`.")],
+    question: Annotated[str | None, typer.Argument(help="Question about the image.")] = None,
+    more: Annotated[
+        list[str],
+        typer.Option(
+            "-q",
+            "--question",
+            help="Another question about the same " "image (repeatable); the image is encoded once.",
+        ),
+    ] = [],  # noqa: B006
+    rank: Annotated[
+        bool, typer.Option(help="Closed questions: score the candidates instead of generating.")
+    ] = False,
+    candidates: Annotated[str, typer.Option(help="Comma-separated candidate answers for --rank.")] = "yes,no",
     precision: Annotated[str | None, typer.Option(help="Precision to run (default: the bundle's).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON with per-stage milliseconds.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON line per question, with timings.")
+    ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
 ) -> None:
-    """Answer a question about an image from a bundle (torch-free runtime)."""
+    """Answer questions about an image from a bundle (torch-free runtime)."""
     from edgevqa.runtime import VQAPipeline
     from edgevqa.runtime.images import load_image
     from edgevqa.runtime.session import use_global_pool
 
     use_global_pool(threads)  # this process is ours: one pool for the three graphs
-    if not question.strip():
+    questions = ([question] if question is not None else []) + list(more)
+    if not questions:
+        raise InputError('no question: edgevqa ask IMAGE "QUESTION" (or -q "QUESTION", repeatable)')
+    if any(not q.strip() for q in questions):
         raise InputError("the question is empty")
+    cands = tuple(c.strip() for c in candidates.split(",") if c.strip())
     img = load_image(image)  # bad images fail before the bundle is loaded
     pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads)
-    ans = pipe.ask(img, question)
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "answer": ans.text,
-                    "token_ids": ans.token_ids,
-                    "precision": pipe.precision,
-                    "timings_ms": ans.timings_ms,
-                }
-            )
-        )
-    else:
-        typer.echo(ans.text)
+    answers = [pipe.rank(img, q, cands) for q in questions] if rank else pipe.ask_many(img, questions)
+    for q, ans in zip(questions, answers):
+        if as_json:
+            row = {
+                "question": q,
+                "answer": ans.text,
+                "token_ids": ans.token_ids,
+                "precision": pipe.precision,
+                "image_cached": ans.image_cached,
+                "timings_ms": ans.timings_ms,
+            }
+            if ans.scores is not None:
+                row["scores"] = ans.scores
+            typer.echo(json.dumps(row))
+        else:
+            typer.echo(ans.text if len(questions) == 1 else f"{q}\t{ans.text}")
 
 
 @app.command()

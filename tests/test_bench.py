@@ -38,5 +38,8 @@ def test_bench_arch_fixed_length_answers(tmp_path):
     assert b["torch-fp32"]["speedup_vs_torch"] == 1.0
     for r in b.values():
         assert r["latency_ms"]["n"] == 2 and r["speedup_vs_torch"] > 0 and r["rss_vs_torch"] > 0
+    for name in ("onnx-fp32", "onnx-int8"):  # a further question reuses the image encoding
+        assert b[name]["follow_up_ms"]["n"] == 2 and b[name]["follow_up_speedup_vs_torch"] > 0
+    assert "follow_up_ms" not in b["torch-fp32"]
     md = (tmp_path / "arch" / "report.md").read_text()
-    assert "speed-up vs torch" in md and "4 tokens" in md
+    assert "speed-up vs torch" in md and "4 tokens" in md and "same image" in md

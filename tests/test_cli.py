@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import struct
 import subprocess
@@ -119,3 +120,26 @@ def test_train_rejects_lora_on_random_preset(tmp_path, synth_data):
     )
     assert_user_error(p, "--lora")
     assert not (tmp_path / "r" / "model").exists()
+
+
+def test_several_questions_and_rank_mode(tmp_path, bundle, good_image):
+    p = ask(
+        tmp_path,
+        str(good_image),
+        "is there a lesion?",
+        "-q",
+        "what modality is this?",
+        "--model",
+        str(bundle),
+    )
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("is there a lesion?\t")
+    p = ask(tmp_path, str(good_image), "is there a lesion?", "--rank", "--json", "--model", str(bundle))
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout)
+    assert set(row["scores"]) == {"yes", "no"} and row["answer"] in ("yes", "no")
+    assert_user_error(ask(tmp_path, str(good_image), "--model", str(bundle)), "no question")
+    assert_user_error(
+        ask(tmp_path, str(good_image), "ok?", "-q", " ", "--model", str(bundle)), "question is empty"
+    )

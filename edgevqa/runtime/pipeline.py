@@ -9,7 +9,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ class Answer:
     text: str
     token_ids: list[int]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    image_cached: bool = False  # the image's encoding came from the cache (vision encoder skipped)
+    scores: dict[str, float] | None = None  # rank mode: total log-probability of each candidate
 
 
 class VQAPipeline:
@@ -44,9 +48,14 @@ class VQAPipeline:
         precision: str,
         sessions: dict[str, Any],
         tokenizer: QuestionTokenizer,
+        image_cache: int = 8,
     ):
         self.bundle, self.manifest, self.precision = bundle, manifest, precision
         self.sessions, self.tokenizer = sessions, tokenizer
+        # follow-up questions about an image skip the vision encoder: encodings keyed by a hash of
+        # the pixels the encoder would see, so the same picture in another file or format hits too
+        self._embeds: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.image_cache = image_cache
         t = manifest.text
         self.options = DecodingOptions(
             bos_id=t.bos_id, eos_id=t.sep_id, pad_id=t.pad_id, max_new_tokens=t.max_answer_tokens
@@ -54,7 +63,12 @@ class VQAPipeline:
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | Path, precision: str | None = None, threads: int = 0, verify: bool = True
+        cls,
+        bundle: str | Path,
+        precision: str | None = None,
+        threads: int = 0,
+        verify: bool = True,
+        image_cache: int = 8,
     ) -> VQAPipeline:
         """Load and verify a bundle.
 
@@ -63,6 +77,7 @@ class VQAPipeline:
             precision: which shipped precision to run (default: the bundle's default).
             threads: intra-op threads (0: all cores).
             verify: check every file against its sha256 in the manifest first.
+            image_cache: how many encoded images to keep for follow-up questions (0: none).
 
         Raises:
             BundleError: missing, tampered, another family or schema.
@@ -87,15 +102,29 @@ class VQAPipeline:
             if set(got) != set(expected.inputs):
                 raise BundleError(f"{name} graph inputs {got} do not match the manifest {expected.inputs}")
             sessions[name] = sess
-        return cls(bundle, m, precision, sessions, QuestionTokenizer(bundle / TOKENIZER))
+        return cls(bundle, m, precision, sessions, QuestionTokenizer(bundle / TOKENIZER), image_cache)
 
     # ------------------------------------------------------------------------------------------
 
     def encode_image(self, image: Any) -> np.ndarray:
-        """image_embeds [1, N, D] for a path, bytes or PIL image."""
+        """image_embeds [1, N, D] for a path, bytes or PIL image (cached by content)."""
+        return self._image_embeds(self._pixels(image))[0]
+
+    def _pixels(self, image: Any) -> np.ndarray:
         img = image if hasattr(image, "mode") else load_image(image)
-        pixels = preprocess(img, self.manifest.image)
-        return self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})[0]
+        return preprocess(img, self.manifest.image)
+
+    def _image_embeds(self, pixels: np.ndarray) -> tuple[np.ndarray, bool]:
+        key = hashlib.sha256(pixels.tobytes()).hexdigest()
+        if (hit := self._embeds.get(key)) is not None:
+            self._embeds.move_to_end(key)
+            return hit, True
+        embeds = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})[0]
+        if self.image_cache > 0:
+            self._embeds[key] = embeds
+            while len(self._embeds) > self.image_cache:
+                self._embeds.popitem(last=False)
+        return embeds, False
 
     def question_ids(self, question: str) -> np.ndarray:
         if len(question) > MAX_QUESTION_CHARS:
@@ -104,11 +133,11 @@ class VQAPipeline:
             )
         return self.tokenizer.encode(question, self.manifest.text.max_question_tokens)[None, :]
 
-    def answer_from_embeds(
-        self, image_embeds: np.ndarray, question: str
-    ) -> tuple[list[int], dict[str, float]]:
-        """Answer token ids (no bos; [SEP] kept when produced) and per-stage timings."""
-        return self._decode(image_embeds, self.question_ids(question))
+    def _cross(self, image_embeds: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+        """The decoder's cross-attention keys and values for one question."""
+        return self.sessions["question_encoder"].run(
+            None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": image_embeds}
+        )
 
     def _decode(
         self,
@@ -117,9 +146,7 @@ class VQAPipeline:
         options: DecodingOptions | None = None,
     ) -> tuple[list[int], dict[str, float]]:
         t0 = time.perf_counter()
-        cross_k, cross_v = self.sessions["question_encoder"].run(
-            None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": image_embeds}
-        )
+        cross_k, cross_v = self._cross(image_embeds, ids)
         t1 = time.perf_counter()
         dec = self.sessions["decoder_step"]
 
@@ -148,19 +175,80 @@ class VQAPipeline:
             question: the question; empty or whitespace-only raises InputError.
             options: decoding limits (default: the bundle's max answer length).
         """
+        return self.ask_many(image, [question], options)[0]
+
+    def ask_many(
+        self,
+        image: Any,
+        questions: list[str],
+        options: DecodingOptions | None = None,
+    ) -> list[Answer]:
+        """Answer several questions about one image; the image is read and encoded once."""
         t0 = time.perf_counter()
-        ids = self.question_ids(question)  # fail on a bad question before decoding the image
-        img = image if hasattr(image, "mode") else load_image(image)
-        pixels = preprocess(img, self.manifest.image)
+        ids = [self.question_ids(q) for q in questions]  # fail on a bad question before the image
+        pixels = self._pixels(image)
         t1 = time.perf_counter()
-        embeds = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})[0]
-        t2 = time.perf_counter()
-        out, timings = self._decode(embeds, ids, options)
-        text = self.tokenizer.decode(out, self.manifest.text.clean_up_tokenization_spaces)
-        timings = {
-            "preprocess_ms": 1e3 * (t1 - t0),
-            "vision_ms": 1e3 * (t2 - t1),
-            **timings,
-            "total_ms": 1e3 * (time.perf_counter() - t0),
-        }
-        return Answer(text, out, {k: round(v, 3) for k, v in timings.items()})
+        answers = []
+        for i, q_ids in enumerate(ids):
+            t2 = time.perf_counter()
+            embeds, cached = self._image_embeds(pixels)
+            t3 = time.perf_counter()
+            out, timings = self._decode(embeds, q_ids, options)
+            text = self.tokenizer.decode(out, self.manifest.text.clean_up_tokenization_spaces)
+            pre = (t1 - t0) if i == 0 else 0.0
+            timings = {
+                "preprocess_ms": 1e3 * pre,
+                "vision_ms": 1e3 * (t3 - t2),
+                **timings,
+                "total_ms": 1e3 * (pre + time.perf_counter() - t2),
+            }
+            answers.append(Answer(text, out, {k: round(v, 3) for k, v in timings.items()}, cached))
+        return answers
+
+    def rank(self, image: Any, question: str, candidates: tuple[str, ...] = ("yes", "no")) -> Answer:
+        """Score each candidate answer in one batched decoder pass and return the most likely.
+
+        For closed questions: instead of generating, every candidate ([DEC] tokens [SEP]) is
+        teacher-forced at once and scored by its total log-probability, [SEP] included.
+        """
+        if len(candidates) < 2:
+            raise InputError("rank mode needs at least two candidate answers")
+        t0 = time.perf_counter()
+        q_ids = self.question_ids(question)
+        embeds, cached = self._image_embeds(self._pixels(image))
+        seqs = [self._candidate_ids(c) for c in candidates]
+        width = max(len(x) for x in seqs)
+        pad = self.manifest.text.pad_id
+        batch = np.array([x + [pad] * (width - len(x)) for x in seqs], dtype=np.int64)
+        cross_k, cross_v = self._cross(embeds, q_ids)
+        n = len(candidates)
+        cross_k, cross_v = np.repeat(cross_k, n, axis=1), np.repeat(cross_v, n, axis=1)
+        empty = np.zeros((*cross_k.shape[:3], 0, cross_k.shape[4]), dtype=cross_k.dtype)
+        logits = self.sessions["decoder_step"].run(
+            ["logits"],
+            {
+                "input_ids": batch[:, :-1],
+                "past_key": empty,
+                "past_value": empty,
+                "cross_key": cross_k,
+                "cross_value": cross_v,
+            },
+        )[0]
+        scores = sequence_log_probs(logits, batch[:, 1:], [len(x) - 1 for x in seqs])
+        best = int(np.argmax(scores))
+        ms = {"total_ms": round(1e3 * (time.perf_counter() - t0), 3)}
+        return Answer(candidates[best], seqs[best][1:], ms, cached, dict(zip(candidates, map(float, scores))))
+
+    def _candidate_ids(self, candidate: str) -> list[int]:
+        ids = self.tokenizer.encode(candidate, self.manifest.text.max_answer_tokens + 1).tolist()
+        return [self.manifest.text.bos_id, *ids[1:]]  # [CLS] -> [DEC], as in training
+
+
+def sequence_log_probs(logits: np.ndarray, targets: np.ndarray, lengths: list[int]) -> np.ndarray:
+    """Sum of log softmax(logits)[target] over each row's first ``lengths[i]`` positions."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    mask = np.arange(targets.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    return (picked * mask).sum(axis=1)
