@@ -146,6 +146,12 @@ def export(
     min_agreement: Annotated[
         float, typer.Option(help="Refuse the export below this answer agreement.")
     ] = 0.98,
+    fallback: Annotated[
+        bool,
+        typer.Option(
+            help="If a quantized precision fails, keep its most sensitive " "MatMuls in fp32 and retry."
+        ),
+    ] = True,
     force: Annotated[bool, typer.Option(help="Write the bundle even if validation fails.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
@@ -160,6 +166,7 @@ def export(
         precisions=_precisions(precision),
         validate_limit=validate_limit,
         min_agreement=min_agreement,
+        fallback=fallback,
         force=force,
         overwrite=overwrite,
     )

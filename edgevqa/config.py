@@ -85,6 +85,8 @@ class ExportConfig:
     """Validation questions compared with PyTorch (0: all)."""
     min_agreement: float = 0.98
     """Answer agreement with PyTorch below which the export is refused (fidelity gate)."""
+    fallback: bool = True
+    """When a quantized precision fails the gate, keep its most sensitive MatMuls in fp32 and retry."""
     force: bool = False
     overwrite: bool = False
 

@@ -75,7 +75,7 @@ def test_gate_refuses_a_broken_quantization(lora_run, tmp_path, monkeypatch):
 
     from edgevqa.export import exporter
 
-    def broken(src, dst):
+    def broken(src, dst, exclude=()):  # wrecks every weight, kept-in-fp32 ones too: no fallback helps
         m = onnx.load(str(src))
         for init in m.graph.initializer:
             a = numpy_helper.to_array(init)
@@ -90,7 +90,7 @@ def test_gate_refuses_a_broken_quantization(lora_run, tmp_path, monkeypatch):
 
     monkeypatch.setitem(exporter.QUANTIZERS, "int8", broken)
     out = tmp_path / "bad-bundle"
-    with pytest.raises(ValidationError, match="int8 answers agree") as e:
+    with pytest.raises(ValidationError, match="int8 answers agree.*kept in fp32") as e:
         exporter.export(
             ExportConfig(run=str(lora_run), out=str(out), precisions=["fp32", "int8"], validate_limit=30),
             progress=False,
@@ -109,3 +109,51 @@ def test_export_input_errors(tmp_path, bundle, lora_run):
     with pytest.raises(InputError, match="precision"):
         ExportConfig(run="r", out="o", precisions=["fp8"])
     assert load_manifest(bundle)  # the existing bundle is untouched
+
+
+def test_fallback_keeps_the_broken_layer_in_fp32(lora_run, tmp_path, monkeypatch):
+    """One layer that int8 breaks: the gate finds it by its measured local error, keeps it in
+    fp32, and the bundle ships with answers that agree again."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgevqa.export import exporter
+    from edgevqa.export.fallback import _scope
+    from edgevqa.export.quantize import quantize_int8
+
+    target = "head.predictions.transform.dense"
+
+    def breaks_one_layer(src, dst, exclude=()):
+        m = onnx.load(str(src))
+        inits = {i.name: i for i in m.graph.initializer}
+        for node in m.graph.node:
+            if node.op_type == "MatMul" and _scope(node) == target and node.name not in exclude:
+                w = inits[node.input[1]]
+                a = numpy_helper.to_array(w)
+                noise = np.random.default_rng(1).standard_normal(a.shape).astype(np.float32)
+                w.CopyFrom(numpy_helper.from_array(noise * 10, w.name))
+        broken_src = dst.with_suffix(".broken.onnx")
+        onnx.save(m, str(broken_src))
+        quantize_int8(broken_src, dst, exclude)
+        broken_src.unlink()
+        return dst
+
+    monkeypatch.setitem(exporter.QUANTIZERS, "int8", breaks_one_layer)
+    out = tmp_path / "bundle"
+    exporter.export(ExportConfig(run=str(lora_run), out=str(out), validate_limit=30), progress=False)
+    fid = json.loads((out / "fidelity.json").read_text())
+    int8 = fid["precisions"]["int8"]
+    fb = int8["fallback"]
+    assert fb["most_sensitive"][0]["scope"] == target and fb["most_sensitive"][0]["graph"] == "decoder_step"
+    assert [e["scope"] for e in fb["kept_fp32"]] == [target]
+    assert fb["attempts"][-1]["answer_agreement"] == int8["answer_agreement"] >= 0.98
+    assert float(fb["reason"].split()[2]) < 0.98  # it did fail before the fallback
+    assert fid["passed"] and load_manifest(out, precision="int8")
+
+
+def test_exported_graphs_carry_no_local_paths(bundle):
+    import onnx
+
+    for f in (bundle / "fp32").glob("*.onnx"):
+        m = onnx.load(str(f), load_external_data=False)
+        assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in m.graph.node for p in n.metadata_props)

@@ -15,6 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,21 +93,17 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         )
         bundle.write_manifest(tmp, manifest)
         with step("validate"):
-            fidelity = validate_bundle(
-                tmp,
-                model,
-                tok,
-                spec,
-                enc,
-                records,
-                images_for(image_spec),
-                cfg,
-                tcfg.max_answer_tokens,
-                progress,
-            )
+            images = images_for(image_spec)
+            ref = generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress)
+            feeds = validate.graph_inputs(model, enc, images, n=8, bos=tok.bos_token_id)
+            v = Validator(model, spec, enc, records, ref, feeds, progress)
+            fidelity = validate_bundle(tmp, v, cfg)
             fidelity["merge"] = merged.report or {"lora": False}
+        verdict(fidelity, cfg)  # recorded in fidelity.json, also when --force ships it anyway
         atomic.write_json(tmp / bundle.FIDELITY, fidelity)
         gate(fidelity, cfg)
+        if "fp32" not in cfg.precisions:  # kept until now: validation and fallback need them
+            shutil.rmtree(tmp / "fp32")
         seal(tmp, manifest)
     log.info("bundle written to %s", out)
     return out
@@ -136,8 +133,6 @@ def write_graphs(model: Any, spec: specs.FamilySpec, root: Path, precisions: lis
         with step(p):
             for g in spec.graphs:
                 QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
-    if "fp32" not in precisions:
-        shutil.rmtree(fp32)
 
 
 def make_manifest(
@@ -186,53 +181,97 @@ def versions() -> dict[str, str]:
     return out
 
 
-def validate_bundle(
-    root: Path,
-    model: Any,
-    tok: Any,
-    spec: specs.FamilySpec,
-    enc: Any,
-    records: list,
-    images: ImageCache,
-    cfg: ExportConfig,
-    max_answer: int,
-    progress: bool,
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+@dataclass
+class Validator:
+    """Everything needed to compare one precision of a bundle with PyTorch, computed once."""
 
-    from edgevqa.runtime import VQAPipeline
+    model: Any
+    spec: specs.FamilySpec
+    enc: Any
+    records: list
+    ref: Any  # PyTorch's answers (Generated)
+    feeds: dict[str, list[dict]]  # real inputs per graph
+    progress: bool
 
-    ref = generate_answers(model, tok, enc, images, max_answer, progress=progress)
-    feeds = validate.graph_inputs(model, enc, images, n=8, bos=tok.bos_token_id)
+    def precision(self, root: Path, p: str) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from edgevqa.runtime import VQAPipeline
+
+        pipe = VQAPipeline.from_bundle(root, precision=p, verify=False)
+        graphs = validate.compare_graphs(self.model, self.spec, pipe.sessions, self.feeds)
+        ids, texts = [], []
+        pairs = list(zip(self.records, self.enc.image_paths))
+        for r, path in tqdm(pairs, desc=f"onnx {p}", disable=not self.progress, leave=False):
+            a = pipe.ask(path, r.question)
+            ids.append(a.token_ids)
+            texts.append(a.text)
+        rep = {"graphs": graphs, **validate.compare_answers(self.ref, ids, texts, self.records)}
+        log.info("%s: answer agreement with PyTorch %.4f", p, rep["answer_agreement"])
+        return rep
+
+
+def validate_bundle(root: Path, v: Validator, cfg: ExportConfig) -> dict[str, Any]:
+    """fidelity.json: every precision against PyTorch; failing quantized ones get the fallback."""
+    recs = v.records
     report: dict[str, Any] = {
         "split": "val",
-        "n": len(records),
+        "n": len(recs),
         "min_agreement": cfg.min_agreement,
         "precisions": {},
     }
     for p in cfg.precisions:
-        pipe = VQAPipeline.from_bundle(root, precision=p, verify=False)
-        graphs = validate.compare_graphs(model, spec, pipe.sessions, feeds)
-        ids, texts = [], []
-        for r, path in tqdm(
-            list(zip(records, enc.image_paths)), desc=f"onnx {p}", disable=not progress, leave=False
-        ):
-            a = pipe.ask(path, r.question)
-            ids.append(a.token_ids)
-            texts.append(a.text)
-        report["precisions"][p] = {"graphs": graphs, **validate.compare_answers(ref, ids, texts, records)}
-        log.info("%s: answer agreement with PyTorch %.4f", p, report["precisions"][p]["answer_agreement"])
+        rep = v.precision(root, p)
+        if p != "fp32" and rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
+            rep = fallback_precision(root, p, v, cfg, rep)
+        report["precisions"][p] = rep
     report["torch_accuracy"] = vqa_accuracy(
-        ref.texts,
-        [r.answer for r in records],
-        [r.answer_type for r in records],
-        [r.category for r in records],
+        v.ref.texts, [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs]
     )
     return report
 
 
-def gate(fidelity: dict[str, Any], cfg: ExportConfig) -> None:
-    """Refuse the export when fp32 graphs drift past atol or any precision's answers disagree."""
+def fallback_precision(root: Path, p: str, v: Validator, cfg: ExportConfig, first: dict[str, Any]) -> dict:
+    """Keep the MatMuls most hurt by quantization in fp32 (1, 2, 4, ... of them) until answers agree."""
+    from edgevqa.export.fallback import exclusion_schedule, local_errors
+
+    fp32 = root / "fp32"
+    errors = []
+    for g in v.spec.graphs:
+        feeds = [{k: t.numpy() for k, t in f.items()} for f in v.feeds[g.name]]
+        errors += local_errors(g.name, fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", feeds)
+    errors.sort(key=lambda e: -e.rel_error)
+    log.info(
+        "%s: answer agreement %.4f < %.2f; most sensitive: %s",
+        p,
+        first["answer_agreement"],
+        cfg.min_agreement,
+        ", ".join(f"{e.graph}/{e.scope} {e.rel_error:.3f}" for e in errors[:3]),
+    )
+    rep, keep, attempts, excluded = first, [], [], {g.name: [] for g in v.spec.graphs}
+    for k in exclusion_schedule(len(errors)):
+        keep = errors[:k]
+        for g in v.spec.graphs:
+            nodes = [e.node for e in keep if e.graph == g.name]
+            if nodes != excluded[g.name]:  # re-quantize only the graphs whose exclusions changed
+                QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", nodes)
+                excluded[g.name] = nodes
+        rep = v.precision(root, p)
+        attempts.append({"kept_fp32": k, "answer_agreement": rep["answer_agreement"]})
+        if rep["answer_agreement"] >= cfg.min_agreement:
+            break
+    rep["fallback"] = {
+        "reason": f"answer agreement {first['answer_agreement']:.4f} < --min-agreement {cfg.min_agreement}",
+        "measure": "per MatMul: ||Y_q - X W_fp32|| / ||X W_fp32|| on its own input X, worst over inputs",
+        "kept_fp32": [asdict(e) for e in keep],
+        "attempts": attempts,
+        "most_sensitive": [asdict(e) for e in errors[:10]],
+    }
+    return rep
+
+
+def verdict(fidelity: dict[str, Any], cfg: ExportConfig) -> None:
+    """Set ``passed`` and ``problems``: fp32 graphs beyond atol, or answers that disagree with PyTorch."""
     problems = []
     for p, rep in fidelity["precisions"].items():
         if p == "fp32":
@@ -242,14 +281,21 @@ def gate(fidelity: dict[str, Any], cfg: ExportConfig) -> None:
                 if not r["within_atol"]
             ]
         if rep["answer_agreement"] < cfg.min_agreement:
+            kept = len(rep.get("fallback", {}).get("kept_fp32", []))
             problems.append(
                 f"{p} answers agree with PyTorch on {rep['answer_agreement']:.1%} of validation "
                 f"questions (< --min-agreement {cfg.min_agreement:.0%})"
+                + (f" even with its {kept} most sensitive MatMuls kept in fp32" if kept else "")
             )
     fidelity["passed"] = not problems
     fidelity["problems"] = problems
-    if problems and not cfg.force:
+
+
+def gate(fidelity: dict[str, Any], cfg: ExportConfig) -> None:
+    """Refuse the export (exit code 3, nothing written) unless it passed or --force."""
+    if fidelity["problems"] and not cfg.force:
         raise ValidationError(
-            "export refused: " + "; ".join(problems) + " (ship other precisions with "
-            "--precision, or --force to write it anyway)"
+            "export refused: "
+            + "; ".join(fidelity["problems"])
+            + " (ship other precisions with --precision, or --force to write it anyway)"
         )

@@ -89,4 +89,19 @@ def export_graph(model: Any, spec: FamilySpec, graph: str, path: Path) -> Path:
             optimize=True,
         )
         prog.save(str(path))
+    strip_stack_traces(path)
     return path
+
+
+def strip_stack_traces(path: Path) -> None:
+    """Drop the exporter's per-node stack traces: they hold file paths of the exporting machine,
+    which have no business in a bundle shipped to hospitals. Module scopes stay (the fallback
+    report names layers with them)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    for node in m.graph.node:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(m, str(path))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger("edgevqa.export")
@@ -28,7 +28,8 @@ def _quiet_root() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_int8(src: Path, dst: Path) -> Path:
+def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
+    """int8 copy of ``src`` at ``dst``; nodes named in ``exclude`` stay fp32 (the gate's fallback)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_root():
@@ -38,6 +39,7 @@ def quantize_int8(src: Path, dst: Path) -> Path:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=list(exclude),
             extra_options={"MatMulConstBOnly": True},
         )
     return dst
