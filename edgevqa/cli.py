@@ -136,7 +136,7 @@ def export(
     precision: Annotated[
         list[str],
         typer.Option(
-            help="fp32 and/or int8 (repeat or comma-separate); the first " "is the bundle's default."
+            help="fp32, int8 (CPU) and/or fp16 (GPU); repeat or comma-separate; the first is the default."
         ),
     ] = ["fp32", "int8"],  # noqa: B006
     data: Annotated[Path | None, typer.Option(help="Dataset for validation (default: the run's).")] = None,

@@ -14,7 +14,7 @@ from typing import Any
 
 from edgevqa.errors import InputError
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 @dataclass

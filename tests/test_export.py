@@ -157,3 +157,37 @@ def test_exported_graphs_carry_no_local_paths(bundle):
     for f in (bundle / "fp32").glob("*.onnx"):
         m = onnx.load(str(f), load_external_data=False)
         assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in m.graph.node for p in n.metadata_props)
+
+
+def test_every_precision_loads_runs_and_agrees(lora_run, tmp_path, synth_data):
+    """fp16 next to fp32 and int8: each graph loads in onnxruntime and answers; LayerNorm and
+    Softmax stay fp32 inside the fp16 graphs; inputs and outputs stay fp32 for the runtime."""
+    import onnx
+    from onnx import TensorProto
+
+    from edgevqa.data.records import load_split
+    from edgevqa.export import exporter
+    from edgevqa.runtime import VQAPipeline
+
+    out = tmp_path / "b16"
+    exporter.export(
+        ExportConfig(run=str(lora_run), out=str(out), precisions=["fp16", "fp32", "int8"], validate_limit=30),
+        progress=False,
+    )
+    fid = json.loads((out / "fidelity.json").read_text())
+    assert fid["precisions"]["fp16"]["answer_agreement"] >= 0.98
+    assert load_manifest(out).default_precision == "fp16"
+    rec = load_split(synth_data, "test")[0]
+    for p in ("fp16", "fp32", "int8"):
+        assert (
+            VQAPipeline.from_bundle(out, precision=p).ask(rec.image_path(synth_data), rec.question).token_ids
+        )
+    for g in ("vision_encoder", "question_encoder", "decoder_step"):
+        m = onnx.shape_inference.infer_shapes(onnx.load(str(out / "fp16" / f"{g}.onnx")))
+        types = {v.name: v.type.tensor_type.elem_type for v in (*m.graph.value_info, *m.graph.input)}
+        assert any(i.data_type == TensorProto.FLOAT16 for i in m.graph.initializer)
+        for node in m.graph.node:
+            if node.op_type in ("LayerNormalization", "Softmax"):
+                assert types.get(node.input[0], TensorProto.FLOAT) == TensorProto.FLOAT, (g, node.name)
+        for v in (*m.graph.input, *m.graph.output):
+            assert v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.INT64)

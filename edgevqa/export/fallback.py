@@ -47,18 +47,22 @@ def local_errors(
     weights = {i.name: numpy_helper.to_array(i) for i in fp.graph.initializer}
     nodes = [n for n in fp.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     q = onnx.load(str(q_path))
+    # intermediate tensors become outputs, with their real element type (fp16 graphs have fp16 ones)
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(q).graph.value_info
+    }
     present = {o.name for o in q.graph.output}
     for name in {t for n in nodes for t in (n.input[0], n.output[0])} - present:
-        q.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        q.graph.output.append(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     worst = dict.fromkeys((n.name for n in nodes), 0.0)
     for feed in feeds:
-        got = dict(zip(names, sess.run(None, feed)))
+        got = {k: v.astype(np.float32) for k, v in zip(names, sess.run(None, feed))}
         for n in nodes:
-            ref = np.matmul(got[n.input[0]], weights[n.input[1]])
+            ref = np.matmul(got[n.input[0]], weights[n.input[1]].astype(np.float32))
             err = float(np.linalg.norm(got[n.output[0]] - ref) / (np.linalg.norm(ref) + 1e-12))
             worst[n.name] = max(worst[n.name], err)
     return [NodeError(graph, n.name, _scope(n), worst[n.name]) for n in nodes]

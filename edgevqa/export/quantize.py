@@ -1,4 +1,4 @@
-"""Lower-precision copies of fp32 graphs.
+"""Lower-precision copies of fp32 graphs (int8 for CPUs, fp16 for GPUs).
 
 int8 is onnxruntime dynamic quantization: weights int8 per output channel, activations
 quantized on the fly. Only MatMul/Gemm with a constant weight are quantized: the patch-embedding
@@ -45,4 +45,49 @@ def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
     return dst
 
 
-QUANTIZERS = {"int8": quantize_int8}
+# fp16 keeps these in fp32: normalisations and reductions lose too much in half precision
+FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt")
+
+
+def convert_fp16(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
+    """fp16 copy of ``src`` for GPUs: weights and most ops in half precision, graph inputs and outputs
+    still fp32 (the runtime feeds the same arrays), FP16_KEEP_FP32 ops and ``exclude`` nodes in fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet_root():
+        m16 = convert_float_to_float16(
+            onnx.load(str(src)),
+            keep_io_types=True,
+            op_block_list=list(FP16_KEEP_FP32),
+            node_block_list=list(exclude),
+        )
+    # the converter appends its Cast nodes after their consumers and leaves value_info typed as
+    # before the conversion (float where a tensor is now float16): onnxruntime tolerates both,
+    # ONNX type inference and other runtimes do not. Sort the nodes, drop the stale annotations,
+    # and require strict inference to pass before the graph ships.
+    topological_sort(m16.graph)
+    del m16.graph.value_info[:]
+    onnx.shape_inference.infer_shapes(m16, check_type=True, strict_mode=True)
+    onnx.save(m16, str(dst))
+    return dst
+
+
+def topological_sort(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise ValueError(f"graph has a cycle or a dangling input near node {pending[0].name}")
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        done = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in done]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+QUANTIZERS = {"int8": quantize_int8, "fp16": convert_fp16}
