@@ -63,20 +63,29 @@ def onnx_answerer(spec: dict[str, Any]):
         a = pipe.ask(image, question, opts)
         return a.text, a.token_ids
 
-    def follow_ups(image: str, questions: list[str]) -> list[float]:
-        """Whole-answer ms of each question after the first about one image (encoding cached)."""
-        pipe.image_cache = 1
-        pipe._embeds.clear()
-        pipe.ask(image, questions[0], opts)
-        times = []
-        for q in questions[1:]:
-            s = time.perf_counter()
-            assert pipe.ask(image, q, opts).image_cached
-            times.append(1e3 * (time.perf_counter() - s))
+    def follow_ups(groups: list[list]) -> list[float]:
+        """Whole-answer ms of each question after the first about its image (encoding cached)."""
+        pipe.image_cache, times = 1, []
+        for image, questions in groups:
+            pipe._embeds.clear()
+            pipe.ask(image, questions[0], opts)
+            for q in questions[1:]:
+                s = time.perf_counter()
+                assert pipe.ask(image, q, opts).image_cached
+                times.append(1e3 * (time.perf_counter() - s))
         pipe.image_cache = 0
         return times
 
-    return answer, follow_ups
+    def rank(items: list[list]) -> dict[str, list]:
+        """Rank mode (yes/no scored in one decoder pass) on closed questions, image encoded each time."""
+        texts, times = [], []
+        for image, question in items:
+            s = time.perf_counter()
+            texts.append(pipe.rank(image, question).text)
+            times.append(1e3 * (time.perf_counter() - s))
+        return {"answers": texts, "latency_ms": times}
+
+    return answer, {"follow_ups": follow_ups, "rank": rank}
 
 
 def torch_answerer(spec: dict[str, Any]):
@@ -115,12 +124,12 @@ def torch_answerer(spec: dict[str, Any]):
         seq = strip_answer(out[0].tolist(), tok.sep_token_id, tok.pad_token_id)
         return tok.decode(seq, skip_special_tokens=True), seq
 
-    return answer, None  # transformers' generate has no image-encoding reuse to measure
+    return answer, None  # generate() has neither image-encoding reuse nor a rank mode to measure
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    answer, follow_ups = torch_answerer(spec) if spec["backend"].startswith("torch") else onnx_answerer(spec)
+    answer, extras = torch_answerer(spec) if spec["backend"].startswith("torch") else onnx_answerer(spec)
     items = spec["items"]
     answer(*items[0])  # first call pays lazy initialisation; counted in first_answer_s, not latency
     load_s = time.perf_counter() - t0
@@ -136,8 +145,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             ids.append(seq)
     n = len(items)
     out = {"answers": texts[:n], "token_ids": ids[:n], "latency_ms": lat, "first_answer_s": load_s}
-    if follow_ups is not None and spec.get("follow_ups"):
-        out["follow_up_ms"] = follow_ups(items[0][0], [items[0][1], *spec["follow_ups"]])
+    if extras is not None and spec.get("follow_up_groups"):
+        out["follow_up_ms"] = extras["follow_ups"](spec["follow_up_groups"])
+    if extras is not None and spec.get("rank_items"):
+        out["rank"] = extras["rank"](spec["rank_items"])
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from edgevqa.bench import bench_bundle
+from edgevqa.data.records import load_split
 
 
 def test_bench_bundle_report(bundle, synth_data, tmp_path):
@@ -20,9 +21,17 @@ def test_bench_bundle_report(bundle, synth_data, tmp_path):
         assert r["latency_ms"]["n"] == 8 and 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p95"]
         assert r["peak_rss_mb"] > 0 and r["bytes"] > 0
     assert b["onnx-int8"]["bytes"] < b["onnx-fp32"]["bytes"]
+    for name in ("onnx-fp32", "onnx-int8"):  # follow-up questions and rank mode, onnx only
+        assert b[name]["follow_up_ms"]["n"] > 0
+        rk = b[name]["rank"]
+        assert rk["latency_ms"]["n"] == sum(
+            r.answer_type == "closed" for r in load_split(synth_data, "test")[:8]
+        )
+        assert 0 <= rk["accuracy_closed"] <= 1 and 0 <= rk["agreement_with_generate"] <= 1
+    assert "rank" not in b["torch-fp32"]
     assert 0 <= saved["baseline"]["overall"] <= 1
     md = (out / "report.md").read_text()
-    assert "onnx-int8" in md and "majority baseline" in md
+    assert "onnx-int8" in md and "majority baseline" in md and "rank mode" in md and "cold start" in md
     assert (out / "latency_vs_agreement.png").stat().st_size > 1000
     assert report["backends"].keys() == saved["backends"].keys()
 
