@@ -33,6 +33,8 @@ log = logging.getLogger("edgevqa.bench")
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one backend in its own process. Its optimized-graph cache starts empty, so its cold
+    start is a first start on this machine; the worker also times a second, cached start."""
     with tempfile.TemporaryDirectory(prefix="edgevqa-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
@@ -41,7 +43,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             [sys.executable, "-m", "edgevqa.bench_worker", str(spec_path), str(out_path)],
             capture_output=True,
             text=True,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            env={
+                **os.environ,
+                "TOKENIZERS_PARALLELISM": "false",
+                "EDGEVQA_CACHE_DIR": str(Path(tmp) / "ort"),
+            },
         )
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
@@ -145,6 +151,7 @@ def bench_bundle(
             "latency_ms": latency_stats(r["latency_ms"]),
             "peak_rss_mb": r["peak_rss_mb"],
             "first_answer_s": r["first_answer_s"],
+            "cached_start_s": r.get("cached_start_s"),
             "bytes": sizes[name],
         }
         if r.get("follow_up_ms"):
@@ -211,6 +218,7 @@ def bench_arch(
             "rss_vs_torch": r["peak_rss_mb"] / ref["peak_rss_mb"],
             "bytes": sizes[name],
             "first_answer_s": r["first_answer_s"],
+            "cached_start_s": r.get("cached_start_s"),
         }
         if r.get("follow_up_ms"):  # a second question about the same image: encoding reused
             fu = latency_stats(r["follow_up_ms"])
@@ -349,7 +357,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                 f"{r['bytes'] / 1e6:.1f} | {_pct(r['token_agreement'])} | {r['first_answer_s']:.2f} |"
             )
         rows += [
-            f"\n{name}, a further question about the same image (its encoding reused): p50 "
+            f"\n{name}: start from the machine's optimized-graph cache {r['cached_start_s']:.2f} s; "
+            "a further question about the same image (its encoding reused): p50 "
             f"{r['follow_up_ms']['p50']:.1f} ms, {r['follow_up_speedup_vs_torch']:.1f}x faster than "
             "PyTorch's whole answer"
             for name, r in b.items()
@@ -377,7 +386,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         if "follow_up_ms" in r and "rank" in r:
             rk = r["rank"]
             rows.append(
-                f"\n{name}: a further question about the same image p50 {r['follow_up_ms']['p50']:.1f} ms; "
+                f"\n{name}: start from the machine's optimized-graph cache {r['cached_start_s']:.2f} s; "
+                f"a further question about the same image p50 {r['follow_up_ms']['p50']:.1f} ms; "
                 f"rank mode on closed questions p50 {rk['latency_ms']['p50']:.1f} ms, exact match "
                 f"{_pct(rk['accuracy_closed'])}, same answer as PyTorch's generate "
                 f"{_pct(rk['agreement_with_generate'])}"

@@ -150,6 +150,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if extras is not None and spec.get("rank_items"):
         out["rank"] = extras["rank"](spec["rank_items"])
     out["peak_rss_mb"] = peak_rss_mb()
+    if not spec["backend"].startswith("torch"):
+        # the first load above built this machine's optimized-graph cache; a second start uses it
+        s = time.perf_counter()
+        again, _ = onnx_answerer(spec)
+        again(*items[0])
+        out["cached_start_s"] = time.perf_counter() - s
     return out
 
 

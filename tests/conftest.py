@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the runtime's optimized-graph cache goes to a throwaway folder, never the user's ~/.cache
+os.environ.setdefault("EDGEVQA_CACHE_DIR", tempfile.mkdtemp(prefix="edgevqa-test-cache-"))
 
 # A process in which torch, transformers and peft cannot be imported (tests/test_imports.py).
 BLOCK_TORCH = """

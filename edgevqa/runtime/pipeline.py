@@ -92,7 +92,11 @@ class VQAPipeline:
         sessions = {}
         for name in GRAPHS:
             try:
-                sess = make_session(m.graph_path(bundle, precision, name), threads)
+                rel = m.precisions[precision][name]
+                sha = (
+                    m.files.get(rel, {}).get("sha256") if verify else None
+                )  # only a verified graph is cached
+                sess = make_session(m.graph_path(bundle, precision, name), threads, graph_sha256=sha)
             except KeyError:
                 raise BundleError(f"bundle has no {name} graph for precision {precision}") from None
             except Exception as e:  # onnxruntime raises its own types for unreadable graphs

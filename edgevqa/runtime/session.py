@@ -41,12 +41,9 @@ def default_threads() -> int:
     return max(1, n or 1)
 
 
-def make_session(
-    path: str | Path, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",)
-) -> ort.InferenceSession:
-    """An InferenceSession on ``path`` (``threads`` 0: every core)."""
+def session_options(threads: int, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = level
     so.log_severity_level = 3
     if _global_pool is not None:
         so.use_per_session_threads = False
@@ -54,4 +51,56 @@ def make_session(
         so.intra_op_num_threads = threads or default_threads()
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
+    return so
+
+
+def make_session(
+    path: str | Path,
+    threads: int = 0,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    graph_sha256: str | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession on ``path`` (``threads`` 0: every core).
+
+    With ``graph_sha256`` (the manifest's, already verified) the optimized graph comes from the
+    machine-local cache (optcache.py), built there on first use.
+    """
+    from edgevqa.runtime import optcache
+
+    full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    root = optcache.cache_root() if graph_sha256 else None
+    if root is None:
+        return ort.InferenceSession(
+            str(path), sess_options=session_options(threads, full), providers=list(providers)
+        )
+    key = optcache.entry_key(graph_sha256, providers)
+    if (cached := optcache.cached_graph(root, key)) is not None:
+        try:
+            return ort.InferenceSession(
+                str(cached),
+                sess_options=session_options(threads, ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                providers=list(providers),
+            )
+        except Exception as e:  # unreadable entry (disk trouble, another ORT build): rebuild it
+            log.warning("optimized-graph cache entry %s does not load (%s); rebuilding it", cached.parent, e)
+            optcache.drop_entry(root, key)
+    sessions: list[ort.InferenceSession] = []
+
+    def optimize(out: Path) -> None:
+        so = session_options(threads, full)
+        so.optimized_model_filepath = str(out)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        sessions.append(ort.InferenceSession(str(path), sess_options=so, providers=list(providers)))
+
+    try:
+        optcache.build_entry(root, key, optimize)
+    except OSError as e:  # a read-only or full cache location must not stop an answer
+        log.warning("cannot write the optimized-graph cache in %s (%s); continuing without it", root, e)
+    return (
+        sessions[0]
+        if sessions
+        else ort.InferenceSession(
+            str(path), sess_options=session_options(threads, full), providers=list(providers)
+        )
+    )
