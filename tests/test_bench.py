@@ -29,6 +29,9 @@ def test_bench_bundle_report(bundle, synth_data, tmp_path):
         )
         assert 0 <= rk["accuracy_closed"] <= 1 and 0 <= rk["agreement_with_generate"] <= 1
     assert "rank" not in b["torch-fp32"]
+    for name in ("onnx-fp32", "onnx-int8"):  # a first start on the machine, reported apart
+        assert b[name]["first_start_s"] > 0 and b[name]["first_start_peak_rss_mb"] > 0
+    assert b["torch-fp32"]["first_start_s"] is None
     assert 0 <= saved["baseline"]["overall"] <= 1
     md = (out / "report.md").read_text()
     assert "onnx-int8" in md and "majority baseline" in md and "rank mode" in md and "cold start" in md
