@@ -136,7 +136,8 @@ def export(
     precision: Annotated[
         list[str],
         typer.Option(
-            help="fp32, int8 (CPU) and/or fp16 (GPU); repeat or comma-separate; the first is the default."
+            help="fp32, int8 (CPU), fp16 (GPU), int8-static (calibrated QDQ); repeat or comma-separate; "
+            "the first is the default."
         ),
     ] = ["fp32", "int8"],  # noqa: B006
     data: Annotated[Path | None, typer.Option(help="Dataset for validation (default: the run's).")] = None,
@@ -146,6 +147,12 @@ def export(
     min_agreement: Annotated[
         float, typer.Option(help="Refuse the export below this answer agreement.")
     ] = 0.98,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(help="Dataset whose train split calibrates int8-static (default: the run's)."),
+    ] = None,
+    calib_size: Annotated[int, typer.Option(help="Calibration questions for int8-static.")] = 64,
+    calib_method: Annotated[str, typer.Option(help="Calibration method (minmax).")] = "minmax",
     fallback: Annotated[
         bool,
         typer.Option(
@@ -167,6 +174,9 @@ def export(
         validate_limit=validate_limit,
         min_agreement=min_agreement,
         fallback=fallback,
+        calibrate=str(calibrate) if calibrate else "",
+        calib_size=calib_size,
+        calib_method=calib_method,
         force=force,
         overwrite=overwrite,
     )

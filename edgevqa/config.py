@@ -14,7 +14,7 @@ from typing import Any
 
 from edgevqa.errors import InputError
 
-PRECISIONS = ("fp32", "int8", "fp16")
+PRECISIONS = ("fp32", "int8", "fp16", "int8-static")
 
 
 @dataclass
@@ -85,6 +85,11 @@ class ExportConfig:
     """Validation questions compared with PyTorch (0: all)."""
     min_agreement: float = 0.98
     """Answer agreement with PyTorch below which the export is refused (fidelity gate)."""
+    calibrate: str = ""
+    """Dataset whose train split calibrates int8-static (default: the run's data)."""
+    calib_size: int = 64
+    calib_method: str = "minmax"
+    """minmax (entropy and percentile need fixed-shape calibration inputs: not yet)."""
     fallback: bool = True
     """When a quantized precision fails the gate, keep its most sensitive MatMuls in fp32 and retry."""
     force: bool = False
@@ -94,6 +99,13 @@ class ExportConfig:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise InputError(f"`--precision` must be among {PRECISIONS}, got {self.precisions}")
+        if self.calib_method != "minmax":
+            raise InputError(
+                f"`--calib-method` {self.calib_method!r} is not supported yet: only minmax (entropy and "
+                "percentile need calibration inputs of one shape)"
+            )
+        if self.calib_size < 1:
+            raise InputError("`--calib-size` must be >= 1")
         if not 0 <= self.min_agreement <= 1:
             raise InputError("`--min-agreement` must be between 0 and 1")
 

@@ -191,3 +191,36 @@ def test_every_precision_loads_runs_and_agrees(lora_run, tmp_path, synth_data):
                 assert types.get(node.input[0], TensorProto.FLOAT) == TensorProto.FLOAT, (g, node.name)
         for v in (*m.graph.input, *m.graph.output):
             assert v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.INT64)
+
+
+def test_static_int8_is_calibrated_qdq_that_loads_and_agrees(lora_run, tmp_path, synth_data):
+    import onnx
+
+    from edgevqa.data.records import load_split
+    from edgevqa.export import exporter
+    from edgevqa.export.calibrate import record_feeds
+    from edgevqa.runtime import VQAPipeline
+
+    out = tmp_path / "bstatic"
+    exporter.export(
+        ExportConfig(
+            run=str(lora_run),
+            out=str(out),
+            precisions=["fp32", "int8-static"],
+            validate_limit=30,
+            calib_size=8,
+        ),
+        progress=False,
+    )
+    fid = json.loads((out / "fidelity.json").read_text())
+    assert fid["precisions"]["int8-static"]["answer_agreement"] >= 0.98
+    ops = {n.op_type for n in onnx.load(str(out / "int8-static" / "decoder_step.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # explicit quantization, as TensorRT wants
+    rec = load_split(synth_data, "test")[0]
+    assert VQAPipeline.from_bundle(out, precision="int8-static").ask(rec.image_path(synth_data), rec.question)
+    # the recorder sees every graph call: one vision + one question pass per item, one call per decoder step
+    feeds = record_feeds(out, [(rec.image_path(synth_data), rec.question)] * 2)
+    assert len(feeds["vision_encoder"]) == len(feeds["question_encoder"]) == 2
+    assert len(feeds["decoder_step"]) >= 2 and feeds["decoder_step"][0]["past_key"].shape[3] == 0
+    with pytest.raises(InputError, match="calib-method"):
+        ExportConfig(run="r", out="o", calib_method="entropy")

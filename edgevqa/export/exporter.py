@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgevqa import __version__, atomic, bundle
 from edgevqa.config import ExportConfig
 from edgevqa.data.records import VQARecord, load_split
@@ -92,12 +94,16 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
             {"run": str(run.resolve()), "base": tcfg.base, "lora": merged.lora},
         )
         bundle.write_manifest(tmp, manifest)
+        quantizers = dict(QUANTIZERS)
+        if "int8-static" in cfg.precisions:
+            with step("calibrate"):
+                quantizers["int8-static"] = calibrated_int8(tmp, spec, cfg, cfg.calibrate or data)
         with step("validate"):
             images = images_for(image_spec)
             ref = generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress)
             feeds = validate.graph_inputs(model, enc, images, n=8, bos=tok.bos_token_id)
             v = Validator(model, spec, enc, records, ref, feeds, progress)
-            fidelity = validate_bundle(tmp, v, cfg)
+            fidelity = validate_bundle(tmp, v, cfg, quantizers)
             fidelity["merge"] = merged.report or {"lora": False}
         verdict(fidelity, cfg)  # recorded in fidelity.json, also when --force ships it anyway
         atomic.write_json(tmp / bundle.FIDELITY, fidelity)
@@ -107,6 +113,21 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         seal(tmp, manifest)
     log.info("bundle written to %s", out)
     return out
+
+
+def calibrated_int8(root: Path, spec: specs.FamilySpec, cfg: ExportConfig, data: str) -> Any:
+    """Record every graph's inputs while the fp32 graphs answer calibration questions (the train
+    split of ``data``), then write the int8-static graphs; returns the quantizer for the fallback."""
+    from edgevqa.export.calibrate import record_feeds, static_int8
+
+    recs = load_split(data, "train")
+    pick = np.random.default_rng(0).choice(len(recs), min(cfg.calib_size, len(recs)), replace=False)
+    feeds = record_feeds(root, [(recs[i].image_path(data), recs[i].question) for i in sorted(pick)])
+    quantize = static_int8(feeds, cfg.calib_method)
+    (root / "int8-static").mkdir()
+    for g in spec.graphs:
+        quantize(root / "fp32" / f"{g.name}.onnx", root / "int8-static" / f"{g.name}.onnx")
+    return quantize
 
 
 def seal(root: Path, manifest: bundle.Manifest) -> None:
@@ -127,7 +148,7 @@ def write_graphs(model: Any, spec: specs.FamilySpec, root: Path, precisions: lis
         for g in spec.graphs:
             export_onnx.export_graph(model, spec, g.name, fp32 / f"{g.name}.onnx")
     for p in precisions:
-        if p == "fp32":
+        if p == "fp32" or p not in QUANTIZERS:  # calibrated precisions need the bundle first
             continue
         (root / p).mkdir()
         with step(p):
@@ -211,7 +232,9 @@ class Validator:
         return rep
 
 
-def validate_bundle(root: Path, v: Validator, cfg: ExportConfig) -> dict[str, Any]:
+def validate_bundle(
+    root: Path, v: Validator, cfg: ExportConfig, quantizers: dict[str, Any]
+) -> dict[str, Any]:
     """fidelity.json: every precision against PyTorch; failing quantized ones get the fallback."""
     recs = v.records
     report: dict[str, Any] = {
@@ -223,7 +246,7 @@ def validate_bundle(root: Path, v: Validator, cfg: ExportConfig) -> dict[str, An
     for p in cfg.precisions:
         rep = v.precision(root, p)
         if p != "fp32" and rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
-            rep = fallback_precision(root, p, v, cfg, rep)
+            rep = fallback_precision(root, p, v, cfg, rep, quantizers[p])
         report["precisions"][p] = rep
     report["torch_accuracy"] = vqa_accuracy(
         v.ref.texts, [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs]
@@ -231,7 +254,9 @@ def validate_bundle(root: Path, v: Validator, cfg: ExportConfig) -> dict[str, An
     return report
 
 
-def fallback_precision(root: Path, p: str, v: Validator, cfg: ExportConfig, first: dict[str, Any]) -> dict:
+def fallback_precision(
+    root: Path, p: str, v: Validator, cfg: ExportConfig, first: dict[str, Any], quantize: Any
+) -> dict:
     """Keep the MatMuls most hurt by quantization in fp32 (1, 2, 4, ... of them) until answers agree."""
     from edgevqa.export.fallback import exclusion_schedule, local_errors
 
@@ -254,7 +279,7 @@ def fallback_precision(root: Path, p: str, v: Validator, cfg: ExportConfig, firs
         for g in v.spec.graphs:
             nodes = [e.node for e in keep if e.graph == g.name]
             if nodes != excluded[g.name]:  # re-quantize only the graphs whose exclusions changed
-                QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", nodes)
+                quantize(fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", nodes)
                 excluded[g.name] = nodes
         rep = v.precision(root, p)
         attempts.append({"kept_fp32": k, "answer_agreement": rep["answer_agreement"]})

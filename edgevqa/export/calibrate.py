@@ -1,0 +1,92 @@
+"""Static int8 (QDQ) with calibration on the user's own images and questions.
+
+The fp32 bundle answers calibration questions while every graph's inputs are recorded; those
+inputs (decoder steps included) calibrate the activation ranges of each graph. Weights are int8
+per channel; only MatMul is quantized (quantizing Add/Mul/Softmax cost accuracy here). On CPU,
+dynamic int8 is usually faster; static QDQ is what TensorRT's explicit int8 and GPUs need.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("edgevqa.export")
+# onnxruntime's histogram calibrators (entropy, percentile) stack each activation over all
+# calibration inputs and need them to share one shape; question and answer lengths vary here, so
+# only minmax (reduced per input) works until inputs are bucketed by shape.
+METHODS = ("minmax",)
+
+
+class _Recorder:
+    """Stands in for an InferenceSession and keeps a copy of every feed it runs."""
+
+    def __init__(self, session: Any, feeds: list[dict[str, np.ndarray]]):
+        self.session, self.feeds = session, feeds
+
+    def run(self, names: Any, feed: dict[str, np.ndarray]) -> Any:
+        self.feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
+        return self.session.run(names, feed)
+
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+
+def record_feeds(bundle: Path, items: list[tuple[Path, str]]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Inputs of every graph while the fp32 graphs in ``bundle`` answer ``items`` (image, question)."""
+    from edgevqa.runtime import VQAPipeline
+
+    pipe = VQAPipeline.from_bundle(bundle, precision="fp32", verify=False, image_cache=0)
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in pipe.sessions}
+    pipe.sessions = {g: _Recorder(s, feeds[g]) for g, s in pipe.sessions.items()}
+    for image, question in items:
+        pipe.ask(image, question)
+    return feeds
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over recorded feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def static_int8(feeds: dict[str, list[dict[str, np.ndarray]]], method: str = "minmax"):
+    """A quantizer (src, dst, exclude) -> dst for the graphs whose calibration feeds are given."""
+    if method not in METHODS:
+        raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
+
+    def quantize(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        from edgevqa.export.quantize import _quiet_root
+
+        cal = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[method]
+        with _quiet_root():
+            quantize_static(
+                str(src),
+                str(dst),
+                _Reader(feeds[Path(src).stem]),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                calibrate_method=cal,
+                extra_options={"ActivationSymmetric": True},
+            )
+        return dst
+
+    return quantize
