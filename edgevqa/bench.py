@@ -27,7 +27,7 @@ from edgevqa import atomic
 from edgevqa.bundle import load_manifest
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
-from edgevqa.metrics import agreement, majority_predictions, vqa_accuracy
+from edgevqa.metrics import agreement, majority_baseline, record_accuracy
 
 log = logging.getLogger("edgevqa.bench")
 
@@ -105,10 +105,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def group(r: Any) -> str:
-    return f"{r.answer_type}/{r.category}"
-
-
 def torch_bytes(run: Path) -> int:
     """Weights PyTorch loads for a run: its model/, or its base model plus the LoRA adapter."""
     from edgevqa import config
@@ -137,7 +133,6 @@ def bench_bundle(
     test = load_split(data, "test")
     test = test[:limit] if limit else test
     items = [[str(r.image_path(data)), r.question] for r in test]
-    golds, types, cats = [r.answer for r in test], [r.answer_type for r in test], [r.category for r in test]
     groups: dict[str, list[str]] = {}
     for image, question in items:
         groups.setdefault(image, []).append(question)
@@ -160,7 +155,7 @@ def bench_bundle(
     sizes.update({f"onnx-{p}": dir_bytes([bundle / f for f in g.values()]) for p, g in m.precisions.items()})
     for name, r in raw.items():
         backends[name] = {
-            "accuracy": vqa_accuracy(r["answers"], golds, types, cats),
+            "accuracy": record_accuracy(r["answers"], test),
             "agreement": agreement(torch_answers, r["answers"]),
             "token_agreement": sum(a == b for a, b in zip(raw["torch-fp32"]["token_ids"], r["token_ids"]))
             / len(items),
@@ -181,13 +176,7 @@ def bench_bundle(
                 / len(closed),
                 "agreement_with_generate": agreement([torch_answers[i] for i in closed], rk["answers"]),
             }
-    train = load_split(data, "train")
-    baseline = vqa_accuracy(
-        majority_predictions([r.answer for r in train], [group(r) for r in train], [group(r) for r in test]),
-        golds,
-        types,
-        cats,
-    )
+    baseline = majority_baseline(load_split(data, "train"), test)
     report = {
         "kind": "bundle",
         "bundle": str(bundle),

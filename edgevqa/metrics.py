@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 _SPACED_PUNCT = re.compile(r"\s*([-/'])\s*")
 _WS = re.compile(r"\s+")
@@ -53,6 +54,19 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> float:
     if len(a) != len(b):
         raise ValueError("answer lists differ in length")
     return sum(normalize_answer(x) == normalize_answer(y) for x, y in zip(a, b)) / max(len(a), 1)
+
+
+def record_accuracy(preds: Sequence[str], records: Sequence[Any]) -> dict:
+    """:func:`vqa_accuracy` of ``preds`` against VQA records (their answer, type and category)."""
+    return vqa_accuracy(
+        preds, [r.answer for r in records], [r.answer_type for r in records], [r.category for r in records]
+    )
+
+
+def majority_baseline(train: Sequence[Any], test: Sequence[Any]) -> dict:
+    """Accuracy on ``test`` records of always answering the group's most frequent training answer."""
+    preds = majority_predictions([r.answer for r in train], [r.group for r in train], [r.group for r in test])
+    return record_accuracy(preds, test)
 
 
 def vqa_accuracy(

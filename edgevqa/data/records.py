@@ -32,6 +32,11 @@ class VQARecord:
     id: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def group(self) -> str:
+        """The reporting group: answer type and category, e.g. ``closed/presence``."""
+        return f"{self.answer_type}/{self.category}"
+
     def image_path(self, root: str | Path) -> Path:
         p = Path(self.image)
         return p if p.is_absolute() else Path(root) / p

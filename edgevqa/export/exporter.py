@@ -28,7 +28,7 @@ from edgevqa.errors import InputError, ValidationError
 from edgevqa.export import merge, specs, validate
 from edgevqa.export import onnx as export_onnx
 from edgevqa.export.quantize import QUANTIZERS
-from edgevqa.metrics import vqa_accuracy
+from edgevqa.metrics import record_accuracy
 from edgevqa.train.data import ImageCache, encode_records
 from edgevqa.train.infer import generate_answers
 from edgevqa.train.models import FAMILY
@@ -248,9 +248,7 @@ def validate_bundle(
         if p != "fp32" and rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
             rep = fallback_precision(root, p, v, cfg, rep, quantizers[p])
         report["precisions"][p] = rep
-    report["torch_accuracy"] = vqa_accuracy(
-        v.ref.texts, [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs]
-    )
+    report["torch_accuracy"] = record_accuracy(v.ref.texts, recs)
     return report
 
 

@@ -33,11 +33,6 @@ class Encoded:
     answer_ids: list[list[int]]
 
 
-def group_key(r: VQARecord) -> str:
-    """The reporting group: answer type and category (e.g. ``closed/presence``)."""
-    return f"{r.answer_type}/{r.category}"
-
-
 def encode_records(
     records: list[VQARecord], root: str | Path, tokenizer: Any, max_q: int, max_a: int
 ) -> Encoded:

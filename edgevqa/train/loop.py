@@ -23,9 +23,9 @@ from edgevqa import atomic, config
 from edgevqa.config import TrainConfig
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
-from edgevqa.metrics import majority_predictions, vqa_accuracy
+from edgevqa.metrics import majority_baseline, record_accuracy
 from edgevqa.train import checkpoint, lora, models
-from edgevqa.train.data import Encoded, ImageCache, encode_records, group_key, make_batch
+from edgevqa.train.data import Encoded, ImageCache, encode_records, make_batch
 from edgevqa.train.infer import generate_answers
 
 log = logging.getLogger("edgevqa.train")
@@ -114,10 +114,7 @@ def evaluate(
         )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     out = generate_answers(base, tok, enc, images, cfg.max_answer_tokens, progress=progress)
-    recs = enc.records
-    return vqa_accuracy(
-        out.texts, [r.answer for r in recs], [r.answer_type for r in recs], [r.category for r in recs]
-    )
+    return record_accuracy(out.texts, enc.records)
 
 
 def final_report(
@@ -133,16 +130,7 @@ def final_report(
         report[split] = {
             "n": len(recs),
             "accuracy": evaluate(model, tok, enc, images, cfg, progress=True),
-            "baseline": vqa_accuracy(
-                majority_predictions(
-                    [r.answer for r in train_recs],
-                    [group_key(r) for r in train_recs],
-                    [group_key(r) for r in recs],
-                ),
-                [r.answer for r in recs],
-                [r.answer_type for r in recs],
-                [r.category for r in recs],
-            ),
+            "baseline": majority_baseline(train_recs, recs),
         }
     return report
 
