@@ -69,7 +69,7 @@ def onnx_answerer(spec: dict[str, Any]):
         """Whole-answer ms of each question after the first about its image (encoding cached)."""
         pipe.image_cache, times = 1, []
         for image, questions in groups:
-            pipe._embeds.clear()
+            pipe.forget_images()
             pipe.ask(image, questions[0], opts)
             for q in questions[1:]:
                 s = time.perf_counter()

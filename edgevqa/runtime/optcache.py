@@ -14,6 +14,7 @@ and rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -33,6 +34,7 @@ def cache_root() -> Path | None:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "edgevqa" / "ort"
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu() -> str:
     try:
         with open("/proc/cpuinfo") as f:

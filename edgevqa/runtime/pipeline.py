@@ -36,7 +36,7 @@ class Answer:
     text: str
     token_ids: list[int]
     timings_ms: dict[str, float] = field(default_factory=dict)
-    image_cached: bool = False  # the image's encoding came from the cache (vision encoder skipped)
+    image_cached: bool = False  # the image's encoding was reused (cache or earlier question): no vision pass
     scores: dict[str, float] | None = None  # rank mode: total log-probability of each candidate
 
 
@@ -118,16 +118,21 @@ class VQAPipeline:
         img = image if hasattr(image, "mode") else load_image(image)
         return preprocess(img, self.manifest.image)
 
+    def forget_images(self) -> None:
+        """Empty the cache of image encodings."""
+        self._embeds.clear()
+
     def _image_embeds(self, pixels: np.ndarray) -> tuple[np.ndarray, bool]:
+        if self.image_cache <= 0:  # no cache: no reason to hash the pixels
+            return self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})[0], False
         key = hashlib.sha256(pixels.tobytes()).hexdigest()
         if (hit := self._embeds.get(key)) is not None:
             self._embeds.move_to_end(key)
             return hit, True
         embeds = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})[0]
-        if self.image_cache > 0:
-            self._embeds[key] = embeds
-            while len(self._embeds) > self.image_cache:
-                self._embeds.popitem(last=False)
+        self._embeds[key] = embeds
+        while len(self._embeds) > self.image_cache:
+            self._embeds.popitem(last=False)
         return embeds, False
 
     def question_ids(self, question: str) -> np.ndarray:
@@ -143,6 +148,25 @@ class VQAPipeline:
             None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": image_embeds}
         )
 
+    def _decoder(
+        self,
+        ids: np.ndarray,
+        past_k: np.ndarray,
+        past_v: np.ndarray,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        outputs: list[str] | None = None,
+    ) -> list[np.ndarray]:
+        """One decoder_step call: logits and the grown KV cache for the new ids."""
+        feed = {
+            "input_ids": ids,
+            "past_key": past_k,
+            "past_value": past_v,
+            "cross_key": cross_k,
+            "cross_value": cross_v,
+        }
+        return self.sessions["decoder_step"].run(outputs, feed)
+
     def _decode(
         self,
         image_embeds: np.ndarray,
@@ -152,21 +176,11 @@ class VQAPipeline:
         t0 = time.perf_counter()
         cross_k, cross_v = self._cross(image_embeds, ids)
         t1 = time.perf_counter()
-        dec = self.sessions["decoder_step"]
 
         def step(input_ids: np.ndarray, past_k: np.ndarray, past_v: np.ndarray):
-            return dec.run(
-                None,
-                {
-                    "input_ids": input_ids,
-                    "past_key": past_k,
-                    "past_value": past_v,
-                    "cross_key": cross_k,
-                    "cross_value": cross_v,
-                },
-            )
+            return self._decoder(input_ids, past_k, past_v, cross_k, cross_v)
 
-        empty = np.zeros((*cross_k.shape[:3], 0, cross_k.shape[4]), dtype=cross_k.dtype)
+        empty = empty_past(cross_k)
         out = greedy(step, empty, batch=1, opts=options or self.options)[0]
         t2 = time.perf_counter()
         return out, {"question_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}
@@ -192,21 +206,23 @@ class VQAPipeline:
         ids = [self.question_ids(q) for q in questions]  # fail on a bad question before the image
         pixels = self._pixels(image)
         t1 = time.perf_counter()
+        embeds, cached = self._image_embeds(pixels)
+        t2 = time.perf_counter()
         answers = []
         for i, q_ids in enumerate(ids):
-            t2 = time.perf_counter()
-            embeds, cached = self._image_embeds(pixels)
             t3 = time.perf_counter()
             out, timings = self._decode(embeds, q_ids, options)
             text = self.tokenizer.decode(out, self.manifest.text.clean_up_tokenization_spaces)
-            pre = (t1 - t0) if i == 0 else 0.0
+            first = i == 0  # later questions reuse what the first one read and encoded
             timings = {
-                "preprocess_ms": 1e3 * pre,
-                "vision_ms": 1e3 * (t3 - t2),
+                "preprocess_ms": 1e3 * (t1 - t0) if first else 0.0,
+                "vision_ms": 1e3 * (t2 - t1) if first else 0.0,
                 **timings,
-                "total_ms": 1e3 * (pre + time.perf_counter() - t2),
+                "total_ms": 1e3 * ((t2 - t0 if first else 0.0) + time.perf_counter() - t3),
             }
-            answers.append(Answer(text, out, {k: round(v, 3) for k, v in timings.items()}, cached))
+            answers.append(
+                Answer(text, out, {k: round(v, 3) for k, v in timings.items()}, cached or not first)
+            )
         return answers
 
     def rank(self, image: Any, question: str, candidates: tuple[str, ...] = ("yes", "no")) -> Answer:
@@ -227,17 +243,8 @@ class VQAPipeline:
         cross_k, cross_v = self._cross(embeds, q_ids)
         n = len(candidates)
         cross_k, cross_v = np.repeat(cross_k, n, axis=1), np.repeat(cross_v, n, axis=1)
-        empty = np.zeros((*cross_k.shape[:3], 0, cross_k.shape[4]), dtype=cross_k.dtype)
-        logits = self.sessions["decoder_step"].run(
-            ["logits"],
-            {
-                "input_ids": batch[:, :-1],
-                "past_key": empty,
-                "past_value": empty,
-                "cross_key": cross_k,
-                "cross_value": cross_v,
-            },
-        )[0]
+        empty = empty_past(cross_k)
+        logits = self._decoder(batch[:, :-1], empty, empty, cross_k, cross_v, ["logits"])[0]
         scores = sequence_log_probs(logits, batch[:, 1:], [len(x) - 1 for x in seqs])
         best = int(np.argmax(scores))
         ms = {"total_ms": round(1e3 * (time.perf_counter() - t0), 3)}
@@ -246,6 +253,11 @@ class VQAPipeline:
     def _candidate_ids(self, candidate: str) -> list[int]:
         ids = self.tokenizer.encode(candidate, self.manifest.text.max_answer_tokens + 1).tolist()
         return [self.manifest.text.bos_id, *ids[1:]]  # [CLS] -> [DEC], as in training
+
+
+def empty_past(cross_k: np.ndarray) -> np.ndarray:
+    """A zero-length KV cache [layers, batch, heads, 0, head_dim] matching the cross keys."""
+    return np.zeros((*cross_k.shape[:3], 0, cross_k.shape[4]), dtype=cross_k.dtype)
 
 
 def sequence_log_probs(logits: np.ndarray, targets: np.ndarray, lengths: list[int]) -> np.ndarray:
