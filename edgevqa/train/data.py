@@ -32,6 +32,14 @@ class Encoded:
     question_ids: list[list[int]]
     answer_ids: list[list[int]]
 
+    def subset(self, idx: Any) -> Encoded:
+        return Encoded(
+            *(
+                [field[i] for i in idx]
+                for field in (self.records, self.image_paths, self.question_ids, self.answer_ids)
+            )
+        )
+
 
 def encode_records(
     records: list[VQARecord], root: str | Path, tokenizer: Any, max_q: int, max_a: int

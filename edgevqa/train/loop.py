@@ -105,34 +105,30 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, float]:
     if limit and limit < len(enc.records):
-        sel = np.random.default_rng(0).choice(len(enc.records), limit, replace=False)
-        enc = Encoded(
-            *[
-                [getattr(enc, f)[i] for i in sel]
-                for f in ("records", "image_paths", "question_ids", "answer_ids")
-            ]
-        )
+        enc = enc.subset(np.random.default_rng(0).choice(len(enc.records), limit, replace=False))
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     out = generate_answers(base, tok, enc, images, cfg.max_answer_tokens, progress=progress)
     return record_accuracy(out.texts, enc.records)
 
 
 def final_report(
-    model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, train_recs: list
+    model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, train_recs: list, val: Encoded
 ) -> dict[str, Any]:
-    report: dict[str, Any] = {}
-    for split in ("val", "test"):
-        try:
-            recs = load_split(cfg.data, split)
-        except InputError:
-            continue
-        enc = encode_records(recs, cfg.data, tok, cfg.max_question_tokens, cfg.max_answer_tokens)
-        report[split] = {
-            "n": len(recs),
+    """Accuracy and majority baseline on val (already encoded) and, when there is one, test."""
+    splits = {"val": val}
+    try:
+        test = load_split(cfg.data, "test")
+        splits["test"] = encode_records(test, cfg.data, tok, cfg.max_question_tokens, cfg.max_answer_tokens)
+    except InputError:
+        pass
+    return {
+        split: {
+            "n": len(enc.records),
             "accuracy": evaluate(model, tok, enc, images, cfg, progress=True),
-            "baseline": majority_baseline(train_recs, recs),
+            "baseline": majority_baseline(train_recs, enc.records),
         }
-    return report
+        for split, enc in splits.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +231,7 @@ def _train(
     train_seconds = time.perf_counter() - t0  # this session's steps (after a resume: only the rest)
     finish(run, model, loaded, cfg)
     t1 = time.perf_counter()
-    report = final_report(model, tok, cfg, images, train_recs)
+    report = final_report(model, tok, cfg, images, train_recs, val)
     report.update(
         steps=total, train_seconds=round(train_seconds, 1), eval_seconds=round(time.perf_counter() - t1, 1)
     )
