@@ -224,3 +224,19 @@ def test_static_int8_is_calibrated_qdq_that_loads_and_agrees(lora_run, tmp_path,
     assert len(feeds["decoder_step"]) >= 2 and feeds["decoder_step"][0]["past_key"].shape[3] == 0
     with pytest.raises(InputError, match="calib-method"):
         ExportConfig(run="r", out="o", calib_method="entropy")
+
+
+def test_a_precision_shipped_without_fp32(lora_run, tmp_path):
+    """fp32 graphs are only a means here (calibration, validation): not shipped, not listed."""
+    from edgevqa.export import exporter
+
+    out = tmp_path / "only-static"
+    exporter.export(
+        ExportConfig(
+            run=str(lora_run), out=str(out), precisions=["int8-static"], validate_limit=20, calib_size=8
+        ),
+        progress=False,
+    )
+    m = load_manifest(out)
+    assert set(m.precisions) == {"int8-static"} and m.default_precision == "int8-static"
+    assert not (out / "fp32").exists() and not any(f.startswith("fp32/") for f in m.files)

@@ -88,7 +88,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
             tok,
             image_spec,
             spec,
-            cfg.precisions,
+            [*cfg.precisions, *([] if "fp32" in cfg.precisions else ["fp32"])],  # fp32 exists until sealed
             tcfg.max_question_tokens,
             tcfg.max_answer_tokens,
             {"run": str(run.resolve()), "base": tcfg.base, "lora": merged.lora},
@@ -108,8 +108,9 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         verdict(fidelity, cfg)  # recorded in fidelity.json, also when --force ships it anyway
         atomic.write_json(tmp / bundle.FIDELITY, fidelity)
         gate(fidelity, cfg)
-        if "fp32" not in cfg.precisions:  # kept until now: validation and fallback need them
+        if "fp32" not in cfg.precisions:  # kept until now: calibration, validation and fallback need them
             shutil.rmtree(tmp / "fp32")
+            del manifest.precisions["fp32"]
         seal(tmp, manifest)
     log.info("bundle written to %s", out)
     return out
