@@ -3,7 +3,7 @@
 A bundle is a directory::
 
     bundle/
-      manifest.json          # this module's Manifest, schema_version 1
+      manifest.json          # this module's Manifest, schema_version 2
       tokenizer.json         # a `tokenizers` tokenizer (HF fast-tokenizer format)
       fidelity.json          # the export's validation against PyTorch
       fp32/vision_encoder.onnx, fp32/question_encoder.onnx, fp32/decoder_step.onnx
@@ -27,7 +27,8 @@ from typing import Any
 
 from edgevqa.errors import BundleError
 
-SCHEMA_VERSION = 1
+# 2: the vision graph outputs the image's cross-attention keys/values (was: image embeddings)
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 FIDELITY = "fidelity.json"

@@ -121,7 +121,7 @@ def test_fallback_keeps_the_broken_layer_in_fp32(lora_run, tmp_path, monkeypatch
     from edgevqa.export.fallback import _scope
     from edgevqa.export.quantize import quantize_int8
 
-    target = "head.predictions.transform.dense"
+    target = "transform.dense"
 
     def breaks_one_layer(src, dst, exclude=()):
         m = onnx.load(str(src))

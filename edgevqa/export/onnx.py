@@ -37,6 +37,7 @@ def dummy_inputs(
     d = tc.hidden_size // heads
     g = torch.Generator().manual_seed(0)
     cross = torch.randn(layers, batch, heads, question, d, generator=g)
+    image = torch.randn(layers, batch, heads, n_img, d, generator=g)
     ids = torch.randint(5, tc.vocab_size, (batch, question), generator=g)
     return {
         "vision_encoder": lambda: {
@@ -45,7 +46,8 @@ def dummy_inputs(
         "question_encoder": lambda: {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
-            "image_embeds": torch.randn(batch, n_img, vc.hidden_size, generator=g),
+            "image_key": image,
+            "image_value": image.flip(-1).contiguous(),
         },
         "decoder_step": lambda: {
             "input_ids": ids[:, :new],

@@ -55,6 +55,7 @@ def families() -> list[str]:
 
 _CACHE = {1: "batch", 3: "past"}  # stacked KV cache: [layers, batch, heads, past, head_dim]
 _CROSS = {1: "batch", 3: "question"}
+_IMAGE = {1: "batch"}  # [layers, batch, heads, image tokens, head_dim]: tokens fixed by image size
 
 BLIP_VQA = register(
     FamilySpec(
@@ -63,7 +64,7 @@ BLIP_VQA = register(
             GraphSpec(
                 "vision_encoder",
                 inputs={"pixel_values": {0: "batch"}},
-                outputs={"image_embeds": {0: "batch"}},
+                outputs={"image_key": _IMAGE, "image_value": _IMAGE},
                 atol=1e-4,
             ),
             GraphSpec(
@@ -71,7 +72,8 @@ BLIP_VQA = register(
                 inputs={
                     "input_ids": {0: "batch", 1: "question"},
                     "attention_mask": {0: "batch", 1: "question"},
-                    "image_embeds": {0: "batch"},
+                    "image_key": _IMAGE,
+                    "image_value": _IMAGE,
                 },
                 outputs={"cross_key": _CROSS, "cross_value": _CROSS},
                 atol=1e-4,

@@ -33,15 +33,15 @@ def graph_inputs(model: Any, enc: Encoded, images: ImageCache, n: int, bos: int)
         for i in range(min(n, len(enc.records))):
             px = torch.from_numpy(images.get(enc.image_paths[i]))[None]
             ids = torch.tensor([enc.question_ids[i]])
-            emb = vis(px)
-            ck, cv = qen(ids, torch.ones_like(ids), emb)
+            ik, iv = vis(px)
+            ck, cv = qen(ids, torch.ones_like(ids), ik, iv)
             first = torch.tensor([[bos]])
             empty = ck.new_zeros((*ck.shape[:3], 0, ck.shape[4]))
             _, pk, pv = dec(first, empty, empty, ck, cv)
             nxt = torch.tensor([enc.answer_ids[i][1:3] or [bos]])  # two teacher-forced tokens, past = 1
             feeds["vision_encoder"].append({"pixel_values": px})
             feeds["question_encoder"].append(
-                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_embeds": emb}
+                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_key": ik, "image_value": iv}
             )
             feeds["decoder_step"].append(
                 {"input_ids": nxt, "past_key": pk, "past_value": pv, "cross_key": ck, "cross_value": cv}

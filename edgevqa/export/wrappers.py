@@ -2,16 +2,21 @@
 
 The graphs these produce are the bundle's contract (see specs.py):
 
-* VisionEncoder:   pixel_values [B,3,H,W] -> image_embeds [B,N,Dv]
-* QuestionEncoder: input_ids, attention_mask [B,Q], image_embeds -> cross_key, cross_value
-                   [L,B,H,Q,d]: the decoder's cross-attention keys/values, computed once per answer
+* VisionEncoder:   pixel_values [B,3,H,W] -> image_key, image_value [L,B,H,N,d]: the ViT's
+                   embeddings already projected into the question encoder's cross-attention
+                   keys/values, so everything that depends on the image alone runs once per image
+* QuestionEncoder: input_ids, attention_mask [B,Q], image_key, image_value -> cross_key,
+                   cross_value [L,B,H,Q,d]: the decoder's cross-attention keys/values, once per answer
 * DecoderStep:     input_ids [B,T], past_key/past_value [L,B,H,P,d], cross_key/cross_value
                    -> logits [B,T,V], present_key/present_value [L,B,H,P+T,d]
 
-The decoder step is written out over the HF modules' own Linear/LayerNorm weights instead of
+The text graphs are written out over the HF modules' own Linear/LayerNorm weights instead of
 tracing transformers' Cache objects: the KV cache becomes two stacked tensors the runtime can
-pass back in, and nothing re-runs the answer prefix. Like ``generate()``, the decoder attends to
-every question position (no question mask in cross-attention; shared/notes pitfall 5).
+pass back in, nothing re-runs the answer prefix, and a follow-up question about the same image
+costs only the question encoder and the decoder (on blip-vqa-base, projecting the 577 image
+tokens anew for every question was ~30 ms of int8 per question). Like ``generate()``, the
+decoder attends to every question position (no question mask in cross-attention;
+shared/notes pitfall 5); the image side has no padding, so no mask there either.
 """
 
 from __future__ import annotations
@@ -37,33 +42,54 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     return ctx.transpose(1, 2).reshape(b, t, h * d)
 
 
+def _project(layers: nn.ModuleList, x: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every layer's cross-attention keys and values of ``x``, stacked: [L,B,H,T,d] each."""
+    keys = [_heads(layer.crossattention.self.key(x), n_heads) for layer in layers]
+    values = [_heads(layer.crossattention.self.value(x), n_heads) for layer in layers]
+    return torch.stack(keys), torch.stack(values)
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.vision = model.vision_model
+        self.layers = model.text_encoder.encoder.layer
+        self.n_heads = model.config.text_config.num_attention_heads
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision(pixel_values=pixel_values).last_hidden_state
+    def forward(self, pixel_values: torch.Tensor):
+        embeds = self.vision(pixel_values=pixel_values).last_hidden_state
+        return _project(self.layers, embeds, self.n_heads)
 
 
 class QuestionEncoder(nn.Module):
+    """BlipTextModel's encoder pass (as generate() runs it), the image's keys/values given."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.text = model.text_encoder
-        self.layers = model.text_decoder.bert.encoder.layer
+        self.emb = model.text_encoder.embeddings
+        self.layers = model.text_encoder.encoder.layer
+        self.decoder_layers = model.text_decoder.bert.encoder.layer
         self.n_heads = model.config.text_config.num_attention_heads
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor):
-        image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-        q = self.text(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask,
-        ).last_hidden_state
-        keys = [_heads(layer.crossattention.self.key(q), self.n_heads) for layer in self.layers]
-        values = [_heads(layer.crossattention.self.value(q), self.n_heads) for layer in self.layers]
-        return torch.stack(keys), torch.stack(values)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_key: torch.Tensor,
+        image_value: torch.Tensor,
+    ):
+        x = self.emb(input_ids=input_ids)
+        # padding masked as BlipTextModel does it: (1 - mask) * finfo.min added to the scores
+        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        n = self.n_heads
+        for i, layer in enumerate(self.layers):
+            sa = layer.attention.self
+            ctx = _attend(_heads(sa.query(x), n), _heads(sa.key(x), n), _heads(sa.value(x), n), bias)
+            x = layer.attention.output(ctx, x)
+            ctx = _attend(_heads(layer.crossattention.self.query(x), n), image_key[i], image_value[i], None)
+            x = layer.crossattention.output(ctx, x)
+            x = layer.output(layer.intermediate(x), x)
+        return _project(self.decoder_layers, x, n)
 
 
 class DecoderStep(nn.Module):
@@ -72,7 +98,13 @@ class DecoderStep(nn.Module):
         bert = model.text_decoder.bert
         self.emb = bert.embeddings
         self.layers = bert.encoder.layer
-        self.head = model.text_decoder.cls
+        head = model.text_decoder.cls.predictions
+        self.transform = head.transform
+        # the output projection shares its weight with the word embeddings; tied, the exporter
+        # feeds the MatMul through a Transpose, the int8 quantizer skips it and every step streams
+        # it in fp32 (~2 ms per step at full size). A transposed copy is a plain constant weight.
+        self.lm_weight = nn.Parameter(head.decoder.weight.detach().t().contiguous(), requires_grad=False)
+        self.lm_bias = head.decoder.bias
         self.n_heads = model.config.text_config.num_attention_heads
 
     def causal_bias(self, t: int, past: int, dtype: torch.dtype) -> torch.Tensor:
@@ -107,4 +139,5 @@ class DecoderStep(nn.Module):
             ctx = _attend(_heads(ca.query(x), self.n_heads), cross_key[i], cross_value[i], None)
             x = layer.crossattention.output(ctx, x)
             x = layer.output(layer.intermediate(x), x)
-        return self.head(x), torch.stack(keys), torch.stack(values)
+        logits = torch.matmul(self.transform(x), self.lm_weight) + self.lm_bias
+        return logits, torch.stack(keys), torch.stack(values)

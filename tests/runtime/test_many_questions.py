@@ -23,7 +23,7 @@ def test_follow_up_questions_reuse_the_image_encoding(pipe, synth_data, tmp_path
     rec = load_split(synth_data, "test")[0]
     path = rec.image_path(synth_data)
     qs = ["is there a lesion?", "what modality is this?", "how many lesions are there?"]
-    pipe._embeds.clear()
+    pipe.forget_images()
     many = pipe.ask_many(path, qs)
     assert [a.image_cached for a in many] == [False, True, True]
     assert many[1].timings_ms["preprocess_ms"] == 0.0
@@ -35,14 +35,14 @@ def test_follow_up_questions_reuse_the_image_encoding(pipe, synth_data, tmp_path
 
 
 def test_image_cache_is_bounded(pipe, tmp_path):
-    pipe._embeds.clear()
+    pipe.forget_images()
     paths = []
     for i in range(3):
         p = tmp_path / f"{i}.png"
         Image.new("L", (32, 32), 40 * i).save(p)
         paths.append(p)
         pipe.ask(p, "is there a lesion?")
-    assert len(pipe._embeds) == 2  # image_cache=2: the oldest was dropped
+    assert len(pipe._encodings) == 2  # image_cache=2: the oldest was dropped
     assert not pipe.ask(paths[0], "is there a lesion?").image_cached
     assert pipe.ask(paths[0], "is there a lesion?").image_cached
 
