@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from edgevqa import atomic
 from edgevqa.data.records import SPLITS, VQARecord, write_split
+from edgevqa.data.splits import assign_splits
 from edgevqa.errors import InputError
 
 # Bump when the same config would produce different files (new look, new templates, ...).
@@ -659,29 +660,8 @@ def _cells(im: _Image) -> Counter[tuple[str, ...]]:
 
 
 def _assign_splits(images: list[_Image], seed: int) -> list[str]:
-    """Split by image, greedily stratified (each image goes where its cells are most under-filled).
-
-    Splits have exact image quotas (80/10/10); within them, every image joins the split with the
-    largest relative deficit over its question kinds and answers (iterative stratification).
-    """
-    n = len(images)
-    quota = {s: round(n * SPLIT_FRACTIONS[s]) for s in SPLITS if s != "train"}
-    quota["train"] = n - sum(quota.values())
-    cells = [_cells(im) for im in images]
-    totals: Counter[tuple[str, ...]] = sum(cells, Counter())
-    have = {s: Counter() for s in SPLITS}
-    left = dict(quota)
-    out = [""] * n
-    for i in np.random.default_rng([seed, 1 << 30]).permutation(n):
-
-        def deficit(s: str, i: int = int(i)) -> float:
-            f = SPLIT_FRACTIONS[s]
-            return sum(k * (f * totals[c] - have[s][c]) / (f * totals[c]) for c, k in cells[i].items())
-
-        split = max((s for s in SPLITS if left[s] > 0), key=deficit)
-        out[i], left[split] = split, left[split] - 1
-        have[split].update(cells[i])
-    return out
+    """Split by image, greedily stratified over question kinds and answers (80/10/10 images)."""
+    return assign_splits([_cells(im) for im in images], SPLIT_FRACTIONS, seed)
 
 
 # ---------------------------------------------------------------------------- dataset
