@@ -8,6 +8,7 @@ A bundle is a directory::
       fidelity.json          # the export's validation against PyTorch
       fp32/vision_encoder.onnx, fp32/question_encoder.onnx, fp32/decoder_step.onnx
       int8/...               # one folder per shipped precision
+      trt-fp16/*.plan        # TensorRT engines (`edgevqa export --trt`), for one GPU model
 
 Every file is listed in ``manifest.files`` with its sha256 and size; ``load_manifest`` verifies
 them, so a truncated copy or a tampered graph is refused before it is run.
@@ -88,6 +89,9 @@ class Manifest:
     default_precision: str = "fp32"
     source: dict[str, Any] = field(default_factory=dict)  # run dir, base model, lora
     versions: dict[str, str] = field(default_factory=dict)
+    # TensorRT precisions (trt-fp16, trt-int8; their engines are listed in ``precisions``) ->
+    # {"built_for": {gpu, compute_capability, tensorrt}, "source": ONNX precision, "profiles": ...}
+    trt: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def graph_path(self, bundle: str | Path, precision: str, graph: str) -> Path:
@@ -116,6 +120,7 @@ class Manifest:
                 default_precision=d.get("default_precision", "fp32"),
                 source=d.get("source", {}),
                 versions=d.get("versions", {}),
+                trt=d.get("trt", {}),
                 schema_version=d["schema_version"],
             )
         except (KeyError, TypeError, AttributeError) as e:

@@ -23,7 +23,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Adapt a small VLM to radiology VQA and ship it as a verified, torch-free ONNX bundle.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded synthetic default.")
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Datasets: the synthetic default, public radiology sets, QA from captions, mixtures.",
+)
 app.add_typer(data_app, name="data")
 
 
@@ -69,6 +72,87 @@ def data_synth(
         raise InputError("--n must be at least 10 images (train/val/test each need some)")
     summary = generate(out, SynthConfig(n_images=n, seed=seed), overwrite=overwrite)
     typer.echo(json.dumps({"out": str(out), "splits": summary.get("splits", summary)}, default=str))
+
+
+_SOURCE_HELP = "Dataset folder, or a Hugging Face dataset id (flaviagiammarino/vqa-rad, BoKelvin/SLAKE, ...)."
+_FORMAT_HELP = "vqa-rad, slake, pmc-vqa, rocov2, medpix, edgevqa or edgevqa-captions (default: detected)."
+_SPLIT_SEED_HELP = "Seed of the splits made here (val from train, or 70/10/20)."
+
+
+def _load_options(seed: int, all_languages: bool, max_caption_words: int):  # -> LoadOptions
+    from edgevqa.data.sources.common import LoadOptions
+
+    if max_caption_words < 1:
+        raise InputError(f"--max-caption-words must be at least 1, got {max_caption_words}")
+    return LoadOptions(seed=seed, all_languages=all_languages, max_caption_words=max_caption_words)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: Annotated[str, typer.Argument(help=_SOURCE_HELP)],
+    format: Annotated[str | None, typer.Option("--format", help=_FORMAT_HELP)] = None,
+    seed: Annotated[int, typer.Option(help=_SPLIT_SEED_HELP)] = 0,
+    all_languages: Annotated[bool, typer.Option(help="SLAKE: keep the Chinese questions too.")] = False,
+    max_caption_words: Annotated[int, typer.Option(help="ROCOv2: longest caption kept, in words.")] = 64,
+) -> None:
+    """Counts per split, answer type and category, and the rows that would be skipped (and why)."""
+    from edgevqa.data.loaders import describe, load_dataset
+
+    typer.echo(describe(load_dataset(source, format, _load_options(seed, all_languages, max_caption_words))))
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[str, typer.Argument(help=_SOURCE_HELP)],
+    out: Annotated[Path, typer.Option(help="Folder to write (images/, train/val/test.jsonl, dataset.json).")],
+    format: Annotated[str | None, typer.Option("--format", help=_FORMAT_HELP)] = None,
+    seed: Annotated[int, typer.Option(help=_SPLIT_SEED_HELP)] = 0,
+    all_languages: Annotated[bool, typer.Option(help="SLAKE: keep the Chinese questions too.")] = False,
+    max_caption_words: Annotated[int, typer.Option(help="ROCOv2: longest caption kept, in words.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Convert a public dataset to edgevqa's layout (images stored once, split by image)."""
+    from edgevqa.data.loaders import convert, describe
+
+    opts = _load_options(seed, all_languages, max_caption_words)
+    loaded = convert(source, out, format, opts, overwrite=overwrite)
+    typer.echo(describe(loaded))
+    if loaded.kind == "captions":
+        typer.echo(f"next: edgevqa data qa-from-captions {out} --out {out}-qa")
+    else:
+        typer.echo(f"next: edgevqa train --data {out} --out runs/{out.name}")
+
+
+@data_app.command("qa-from-captions")
+def data_qa_from_captions(
+    captions: Annotated[Path, typer.Argument(help="Caption folder (`edgevqa data convert` of ROCOv2).")],
+    out: Annotated[Path, typer.Option(help="VQA folder to write.")],
+    seed: Annotated[int, typer.Option(help="Seed of the question templates and negatives.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Derive closed (balanced yes/no) and open questions from image captions by rules."""
+    from edgevqa.data.qa_from_captions import generate
+
+    summary = generate(captions, out, seed=seed, overwrite=overwrite)
+    typer.echo(json.dumps({"out": str(out), "splits": summary["splits"]}))
+    typer.echo(f"next: edgevqa data inspect {out}")
+
+
+@data_app.command("mix")
+def data_mix(
+    parts: Annotated[list[str], typer.Argument(help="DIR:RATIO pairs, ratios summing to 1: a:0.8 b:0.2.")],
+    out: Annotated[Path, typer.Option(help="Folder to write.")],
+    size: Annotated[
+        int | None, typer.Option(help="Train records (default: the most without repeating any).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed; the same seed writes the same files.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Mix dataset folders by ratio, per split, recording each record's source in meta["source"]."""
+    from edgevqa.data.mix import mix, parse_parts
+
+    summary = mix(parse_parts(parts), out, size=size, seed=seed, overwrite=overwrite)
+    typer.echo(json.dumps({"out": str(out), "splits": summary["splits"]}))
 
 
 @app.command()
@@ -146,7 +230,7 @@ def export(
     ] = 200,
     min_agreement: Annotated[
         float, typer.Option(help="Refuse the export below this answer agreement.")
-    ] = 0.98,
+    ] = 0.99,
     calibrate: Annotated[
         Path | None,
         typer.Option(help="Dataset whose train split calibrates int8-static (default: the run's)."),
@@ -161,6 +245,18 @@ def export(
     ] = True,
     force: Annotated[bool, typer.Option(help="Write the bundle even if validation fails.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    trt: Annotated[
+        bool,
+        typer.Option(
+            "--trt",
+            help="Also build TensorRT engines for this GPU (fp16 and/or int8 of --precision; "
+            "needs tensorrt and a CUDA GPU).",
+        ),
+    ] = False,
+    trt_max_batch: Annotated[int, typer.Option(help="Largest batch the TensorRT profiles admit.")] = 4,
+    trt_timing_cache: Annotated[
+        Path | None, typer.Option(help="TensorRT timing cache file (default: in the edgevqa cache).")
+    ] = None,
 ) -> None:
     """Merge LoRA, export ONNX graphs, quantize, validate against PyTorch and write a bundle."""
     _need("torch", "transformers", "peft", "onnx", "onnxscript")
@@ -179,6 +275,9 @@ def export(
         calib_method=calib_method,
         force=force,
         overwrite=overwrite,
+        trt=trt,
+        trt_max_batch=trt_max_batch,
+        trt_timing_cache=str(trt_timing_cache) if trt_timing_cache else "",
     )
     bundle = run_export(cfg, data=str(data) if data else None)
     typer.echo(f'next: edgevqa ask IMAGE "QUESTION" --model {bundle}')
@@ -206,6 +305,13 @@ def ask(
         bool, typer.Option("--json", help="One JSON line per question, with timings.")
     ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="auto, cpu, cuda, tensorrt (onnxruntime providers) or trt-engine (the bundle's "
+            "TensorRT engines); auto picks the best this machine and bundle allow."
+        ),
+    ] = "auto",
 ) -> None:
     """Answer questions about an image from a bundle (torch-free runtime)."""
     from edgevqa.runtime import VQAPipeline
@@ -220,7 +326,7 @@ def ask(
         raise InputError("the question is empty")
     cands = tuple(c.strip() for c in candidates.split(",") if c.strip())
     img = load_image(image)  # bad images fail before the bundle is loaded
-    pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads)
+    pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads, backend=backend)
     answers = [pipe.rank(img, q, cands) for q in questions] if rank else pipe.ask_many(img, questions)
     for q, ans in zip(questions, answers):
         if as_json:
@@ -229,6 +335,7 @@ def ask(
                 "answer": ans.text,
                 "token_ids": ans.token_ids,
                 "precision": pipe.precision,
+                "backend": pipe.backend,
                 "image_cached": ans.image_cached,
                 "timings_ms": ans.timings_ms,
             }

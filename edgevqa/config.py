@@ -83,7 +83,7 @@ class ExportConfig:
     opset: int = 17
     validate_limit: int = 200
     """Validation questions compared with PyTorch (0: all)."""
-    min_agreement: float = 0.98
+    min_agreement: float = 0.99
     """Answer agreement with PyTorch below which the export is refused (fidelity gate)."""
     calibrate: str = ""
     """Dataset whose train split calibrates int8-static (default: the run's data)."""
@@ -94,6 +94,20 @@ class ExportConfig:
     """When a quantized precision fails the gate, keep its most sensitive MatMuls in fp32 and retry."""
     force: bool = False
     overwrite: bool = False
+    trt: bool = False
+    """Also build TensorRT engines: trt-fp16 for fp16, trt-int8 (explicit Q/DQ) for int8-static in
+    --precision; trt-fp16 when neither is asked for."""
+    trt_max_batch: int = 4
+    """Largest batch the engines' optimization profiles admit (rank mode: candidates)."""
+    trt_timing_cache: str = ""
+    """TensorRT timing cache file (default: in the edgevqa cache folder)."""
+
+    @property
+    def trt_precisions(self) -> list[str]:
+        if not self.trt:
+            return []
+        engines = {"fp16": "trt-fp16", "int8-static": "trt-int8"}
+        return [engines[p] for p in self.precisions if p in engines] or ["trt-fp16"]
 
     def __post_init__(self) -> None:
         bad = [p for p in self.precisions if p not in PRECISIONS]
@@ -106,6 +120,8 @@ class ExportConfig:
             )
         if self.calib_size < 1:
             raise InputError("`--calib-size` must be >= 1")
+        if self.trt_max_batch < 1:
+            raise InputError("`--trt-max-batch` must be >= 1")
         if not 0 <= self.min_agreement <= 1:
             raise InputError("`--min-agreement` must be between 0 and 1")
 

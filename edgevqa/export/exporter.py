@@ -25,7 +25,7 @@ from edgevqa import __version__, atomic, bundle
 from edgevqa.config import ExportConfig
 from edgevqa.data.records import VQARecord, load_split
 from edgevqa.errors import InputError, ValidationError
-from edgevqa.export import merge, specs, validate
+from edgevqa.export import merge, specs, tensorrt, validate
 from edgevqa.export import onnx as export_onnx
 from edgevqa.export.quantize import QUANTIZERS
 from edgevqa.metrics import record_accuracy
@@ -66,6 +66,8 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     run, out = Path(cfg.run), Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
+    built_for = tensorrt.device_info() if cfg.trt else None  # no GPU or TensorRT: fail before any work
+    precisions = cfg.precisions
     tcfg = merge.read_run(run)
     data = data or tcfg.data
     records = validation_records(data, cfg.validate_limit)
@@ -81,34 +83,41 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     model, image_spec = merged.loaded.model, merged.loaded.image
     spec = specs.get(FAMILY)
     with atomic.directory(out, overwrite=cfg.overwrite) as tmp:
-        write_graphs(model, spec, tmp, cfg.precisions)
+        write_graphs(model, spec, tmp, precisions, tensorrt=cfg.trt)
         tok.backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
         manifest = make_manifest(
             model,
             tok,
             image_spec,
             spec,
-            [*cfg.precisions, *([] if "fp32" in cfg.precisions else ["fp32"])],  # fp32 exists until sealed
+            [*precisions, *([] if "fp32" in precisions else ["fp32"])],  # fp32 exists until sealed
             tcfg.max_question_tokens,
             tcfg.max_answer_tokens,
             {"run": str(run.resolve()), "base": tcfg.base, "lora": merged.lora},
+            tensorrt=cfg.trt,
         )
         bundle.write_manifest(tmp, manifest)
         quantizers = dict(QUANTIZERS)
-        if "int8-static" in cfg.precisions:
+        if "int8-static" in precisions:
             with step("calibrate"):
                 quantizers["int8-static"] = calibrated_int8(tmp, spec, cfg, cfg.calibrate or data)
+        if built_for is not None:
+            with step("tensorrt"):
+                limits = tensorrt.Limits(cfg.trt_max_batch, tcfg.max_question_tokens, tcfg.max_answer_tokens)
+                tensorrt.build_engines(tmp, manifest, spec.exported(True), cfg, limits, built_for)
         with step("validate"):
             images = images_for(image_spec)
             ref = generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress)
             feeds = validate.graph_inputs(model, enc, images, n=8, bos=tok.bos_token_id)
             v = Validator(model, spec, enc, records, ref, feeds, progress)
-            fidelity = validate_bundle(tmp, v, cfg, quantizers)
+            fidelity = validate_bundle(tmp, v, cfg, [*precisions, *cfg.trt_precisions], quantizers)
             fidelity["merge"] = merged.report or {"lora": False}
         verdict(fidelity, cfg)  # recorded in fidelity.json, also when --force ships it anyway
         atomic.write_json(tmp / bundle.FIDELITY, fidelity)
         gate(fidelity, cfg)
-        if "fp32" not in cfg.precisions:  # kept until now: calibration, validation and fallback need them
+        if (
+            "fp32" not in precisions
+        ):  # kept until now: calibration, validation, fallback and TensorRT need them
             shutil.rmtree(tmp / "fp32")
             del manifest.precisions["fp32"]
         seal(tmp, manifest)
@@ -126,7 +135,7 @@ def calibrated_int8(root: Path, spec: specs.FamilySpec, cfg: ExportConfig, data:
     feeds = record_feeds(root, [(recs[i].image_path(data), recs[i].question) for i in sorted(pick)])
     quantize = static_int8(feeds, cfg.calib_method)
     (root / "int8-static").mkdir()
-    for g in spec.graphs:
+    for g in spec.exported(cfg.trt):
         quantize(root / "fp32" / f"{g.name}.onnx", root / "int8-static" / f"{g.name}.onnx")
     return quantize
 
@@ -142,18 +151,21 @@ def seal(root: Path, manifest: bundle.Manifest) -> None:
     bundle.write_manifest(root, manifest)
 
 
-def write_graphs(model: Any, spec: specs.FamilySpec, root: Path, precisions: list[str]) -> None:
+def write_graphs(
+    model: Any, spec: specs.FamilySpec, root: Path, precisions: list[str], tensorrt: bool = False
+) -> None:
+    graphs = spec.exported(tensorrt)
     fp32 = root / "fp32"
     fp32.mkdir()
     with step("onnx"):
-        for g in spec.graphs:
+        for g in graphs:
             export_onnx.export_graph(model, spec, g.name, fp32 / f"{g.name}.onnx")
     for p in precisions:
         if p == "fp32" or p not in QUANTIZERS:  # calibrated precisions need the bundle first
             continue
         (root / p).mkdir()
         with step(p):
-            for g in spec.graphs:
+            for g in graphs:
                 QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
 
 
@@ -166,8 +178,10 @@ def make_manifest(
     max_question_tokens: int,
     max_answer_tokens: int,
     source: dict[str, Any],
+    tensorrt: bool = False,
 ) -> bundle.Manifest:
     tc = model.config.text_config
+    graphs = spec.exported(tensorrt)
     return bundle.Manifest(
         family=spec.family,
         image=image,
@@ -185,8 +199,8 @@ def make_manifest(
             head_dim=tc.hidden_size // tc.num_attention_heads,
             vocab_size=tc.vocab_size,
         ),
-        graphs={g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in spec.graphs},
-        precisions={p: {g.name: f"{p}/{g.name}.onnx" for g in spec.graphs} for p in precisions},
+        graphs={g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in graphs},
+        precisions={p: {g.name: f"{p}/{g.name}.onnx" for g in graphs} for p in precisions},
         default_precision=precisions[0],
         source=source,
         versions=versions(),
@@ -220,7 +234,8 @@ class Validator:
 
         from edgevqa.runtime import VQAPipeline
 
-        pipe = VQAPipeline.from_bundle(root, precision=p, verify=False)
+        backend = "trt-engine" if p.startswith("trt-") else "cpu"  # ONNX precisions: validated on CPU
+        pipe = VQAPipeline.from_bundle(root, precision=p, verify=False, backend=backend)
         graphs = validate.compare_graphs(self.model, self.spec, pipe.sessions, self.feeds)
         ids, texts = [], []
         pairs = list(zip(self.records, self.enc.image_paths))
@@ -234,9 +249,10 @@ class Validator:
 
 
 def validate_bundle(
-    root: Path, v: Validator, cfg: ExportConfig, quantizers: dict[str, Any]
+    root: Path, v: Validator, cfg: ExportConfig, precisions: list[str], quantizers: dict[str, Any]
 ) -> dict[str, Any]:
-    """fidelity.json: every precision against PyTorch; failing quantized ones get the fallback."""
+    """fidelity.json: every precision against PyTorch; failing quantized ONNX ones get the fallback
+    (TensorRT engines do not: their gate failure names the ONNX precision to ship instead)."""
     recs = v.records
     report: dict[str, Any] = {
         "split": "val",
@@ -244,9 +260,9 @@ def validate_bundle(
         "min_agreement": cfg.min_agreement,
         "precisions": {},
     }
-    for p in cfg.precisions:
+    for p in precisions:
         rep = v.precision(root, p)
-        if p != "fp32" and rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
+        if p in quantizers and rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
             rep = fallback_precision(root, p, v, cfg, rep, quantizers[p])
         report["precisions"][p] = rep
     report["torch_accuracy"] = record_accuracy(v.ref.texts, recs)
@@ -261,7 +277,8 @@ def fallback_precision(
 
     fp32 = root / "fp32"
     errors = []
-    for g in v.spec.graphs:
+    graphs = [g for g in v.spec.graphs if (fp32 / f"{g.name}.onnx").exists()]
+    for g in graphs:
         feeds = [{k: t.numpy() for k, t in f.items()} for f in v.feeds[g.name]]
         errors += local_errors(g.name, fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", feeds)
     errors.sort(key=lambda e: -e.rel_error)
@@ -272,10 +289,10 @@ def fallback_precision(
         cfg.min_agreement,
         ", ".join(f"{e.graph}/{e.scope} {e.rel_error:.3f}" for e in errors[:3]),
     )
-    rep, keep, attempts, excluded = first, [], [], {g.name: [] for g in v.spec.graphs}
+    rep, keep, attempts, excluded = first, [], [], {g.name: [] for g in graphs}
     for k in exclusion_schedule(len(errors)):
         keep = errors[:k]
-        for g in v.spec.graphs:
+        for g in graphs:
             nodes = [e.node for e in keep if e.graph == g.name]
             if nodes != excluded[g.name]:  # re-quantize only the graphs whose exclusions changed
                 quantize(fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", nodes)

@@ -20,6 +20,7 @@ _WRAPPERS = {
     ("blip-vqa", "vision_encoder"): wrappers.VisionEncoder,
     ("blip-vqa", "question_encoder"): wrappers.QuestionEncoder,
     ("blip-vqa", "decoder_step"): wrappers.DecoderStep,
+    ("blip-vqa", "decoder_first"): wrappers.DecoderFirst,
 }
 
 
@@ -53,6 +54,11 @@ def dummy_inputs(
             "input_ids": ids[:, :new],
             "past_key": torch.randn(layers, batch, heads, past, d, generator=g),
             "past_value": torch.randn(layers, batch, heads, past, d, generator=g),
+            "cross_key": cross,
+            "cross_value": cross.flip(-1).contiguous(),
+        },
+        "decoder_first": lambda: {
+            "input_ids": ids[:, :new],
             "cross_key": cross,
             "cross_value": cross.flip(-1).contiguous(),
         },

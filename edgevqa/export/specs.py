@@ -20,6 +20,7 @@ class GraphSpec:
     inputs: dict[str, Axes]
     outputs: dict[str, Axes]
     atol: float  # fp32 max abs diff allowed against PyTorch on every output
+    tensorrt_only: bool = False  # exported only for TensorRT bundles (`edgevqa export --trt`)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class FamilySpec:
     family: str
     graphs: tuple[GraphSpec, ...]
     opset: int = 18
+
+    def exported(self, tensorrt: bool = False) -> tuple[GraphSpec, ...]:
+        """The graphs a bundle holds: TensorRT bundles add the tensorrt_only ones."""
+        return tuple(g for g in self.graphs if tensorrt or not g.tensorrt_only)
 
     def graph(self, name: str) -> GraphSpec:
         for g in self.graphs:
@@ -93,6 +98,19 @@ BLIP_VQA = register(
                     "present_value": {1: "batch", 3: "total"},
                 },
                 atol=1e-3,
+            ),
+            # the first answer step without a cache: TensorRT builds no engine whose profile
+            # admits a zero-length past, so its first step gets an engine of its own
+            GraphSpec(
+                "decoder_first",
+                inputs={"input_ids": {0: "batch", 1: "new"}, "cross_key": _CROSS, "cross_value": _CROSS},
+                outputs={
+                    "logits": {0: "batch", 1: "new"},
+                    "present_key": {1: "batch", 3: "new"},
+                    "present_value": {1: "batch", 3: "new"},
+                },
+                atol=1e-3,
+                tensorrt_only=True,
             ),
         ),
     )

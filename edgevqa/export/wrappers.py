@@ -117,20 +117,21 @@ class DecoderStep(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        past_key: torch.Tensor,
-        past_value: torch.Tensor,
+        past_key: torch.Tensor | None,
+        past_value: torch.Tensor | None,
         cross_key: torch.Tensor,
         cross_value: torch.Tensor,
     ):
-        past, t = past_key.shape[3], input_ids.shape[1]
+        past, t = (0 if past_key is None else past_key.shape[3]), input_ids.shape[1]
         positions = torch.arange(t, device=input_ids.device).unsqueeze(0) + past
         x = self.emb.LayerNorm(self.emb.word_embeddings(input_ids) + self.emb.position_embeddings(positions))
         bias = self.causal_bias(t, past, x.dtype)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             sa = layer.attention.self
-            k = torch.cat([past_key[i], _heads(sa.key(x), self.n_heads)], dim=2)
-            v = torch.cat([past_value[i], _heads(sa.value(x), self.n_heads)], dim=2)
+            k, v = _heads(sa.key(x), self.n_heads), _heads(sa.value(x), self.n_heads)
+            if past_key is not None:
+                k, v = torch.cat([past_key[i], k], dim=2), torch.cat([past_value[i], v], dim=2)
             keys.append(k)
             values.append(v)
             ctx = _attend(_heads(sa.query(x), self.n_heads), k, v, bias)
@@ -141,3 +142,10 @@ class DecoderStep(nn.Module):
             x = layer.output(layer.intermediate(x), x)
         logits = torch.matmul(self.transform(x), self.lm_weight) + self.lm_bias
         return logits, torch.stack(keys), torch.stack(values)
+
+
+class DecoderFirst(DecoderStep):
+    """The first answer step, with no cache in (TensorRT bundles; see specs.py)."""
+
+    def forward(self, input_ids: torch.Tensor, cross_key: torch.Tensor, cross_value: torch.Tensor):
+        return super().forward(input_ids, None, None, cross_key, cross_value)

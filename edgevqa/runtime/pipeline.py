@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from edgevqa.bundle import TOKENIZER, Manifest, load_manifest
+from edgevqa.bundle import TOKENIZER, Manifest, load_manifest, verify_files
 from edgevqa.errors import BundleError, InputError
+from edgevqa.runtime import backends
 from edgevqa.runtime.decoding import DecodingOptions, greedy
 from edgevqa.runtime.images import load_image
 from edgevqa.runtime.preprocess import preprocess
@@ -58,9 +59,10 @@ class VQAPipeline:
         sessions: dict[str, Any],
         tokenizer: QuestionTokenizer,
         image_cache: int = 8,
+        backend: str = "cpu",
     ):
         self.bundle, self.manifest, self.precision = bundle, manifest, precision
-        self.sessions, self.tokenizer = sessions, tokenizer
+        self.sessions, self.tokenizer, self.backend = sessions, tokenizer, backend
         # follow-up questions about an image skip the vision graph: encodings keyed by a hash of
         # the pixels the encoder would see, so the same picture in another file or format hits too
         self._encodings: OrderedDict[str, ImageEncoding] = OrderedDict()
@@ -78,45 +80,42 @@ class VQAPipeline:
         threads: int = 0,
         verify: bool = True,
         image_cache: int = 8,
+        backend: str = "cpu",
     ) -> VQAPipeline:
         """Load and verify a bundle.
 
         Args:
             bundle: bundle directory written by ``edgevqa export``.
-            precision: which shipped precision to run (default: the bundle's default).
+            precision: which shipped precision to run (default: the bundle's default, or its
+                TensorRT engines when ``backend`` is auto and this machine can run them).
             threads: intra-op threads (0: all cores).
             verify: check every file against its sha256 in the manifest first.
             image_cache: how many encoded images to keep for follow-up questions (0: none); each
                 holds the image's keys and values for every text layer (blip-vqa-base: 42.5 MB).
+            backend: cpu, cuda, tensorrt, trt-engine or auto (see runtime/backends.py).
 
         Raises:
-            BundleError: missing, tampered, another family or schema.
+            BundleError: missing, tampered, another family or schema, engines for another GPU.
+            InputError: a backend this machine cannot run.
         """
         bundle = Path(bundle)
-        m = load_manifest(bundle, precision=precision, verify=verify)
-        precision = precision or m.default_precision
+        m = load_manifest(bundle, verify=False)
         if m.family not in SUPPORTED_FAMILIES:
             raise BundleError(
                 f"bundle family {m.family!r} is not supported by this runtime ({SUPPORTED_FAMILIES})"
             )
-        sessions = {}
-        for name in GRAPHS:
-            try:
-                rel = m.precisions[precision][name]
-                sha = (
-                    m.files.get(rel, {}).get("sha256") if verify else None
-                )  # only a verified graph is cached
-                sess = make_session(m.graph_path(bundle, precision, name), threads, graph_sha256=sha)
-            except KeyError:
-                raise BundleError(f"bundle has no {name} graph for precision {precision}") from None
-            except Exception as e:  # onnxruntime raises its own types for unreadable graphs
-                raise BundleError(f"cannot load {name} ({precision}): {str(e).splitlines()[0]}") from None
-            expected = m.graphs[name]
-            got = tuple(i.name for i in sess.get_inputs())
-            if set(got) != set(expected.inputs):
-                raise BundleError(f"{name} graph inputs {got} do not match the manifest {expected.inputs}")
-            sessions[name] = sess
-        return cls(bundle, m, precision, sessions, QuestionTokenizer(bundle / TOKENIZER), image_cache)
+        precision, backend = choose(m, precision, backend, backends.probe())
+        if verify:
+            verify_files(bundle, m, precision)
+        sessions = {
+            name: _load_graph(bundle, m, precision, name, backend, threads, verify)
+            for name in m.precisions[precision]
+        }
+        if missing := [g for g in GRAPHS if g not in sessions]:
+            raise BundleError(f"bundle has no {', '.join(missing)} graph for precision {precision}")
+        return cls(
+            bundle, m, precision, sessions, QuestionTokenizer(bundle / TOKENIZER), image_cache, backend
+        )
 
     # ------------------------------------------------------------------------------------------
 
@@ -175,15 +174,12 @@ class VQAPipeline:
         cross_v: np.ndarray,
         outputs: list[str] | None = None,
     ) -> list[np.ndarray]:
-        """One decoder_step call: logits and the grown KV cache for the new ids."""
-        feed = {
-            "input_ids": ids,
-            "past_key": past_k,
-            "past_value": past_v,
-            "cross_key": cross_k,
-            "cross_value": cross_v,
-        }
-        return self.sessions["decoder_step"].run(outputs, feed)
+        """One decoder call: logits and the grown KV cache for the new ids. Bundles for TensorRT
+        have a first-step graph without a cache; it takes the steps that start from none."""
+        feed = {"input_ids": ids, "cross_key": cross_k, "cross_value": cross_v}
+        if past_k.shape[3] == 0 and "decoder_first" in self.sessions:
+            return self.sessions["decoder_first"].run(outputs, feed)
+        return self.sessions["decoder_step"].run(outputs, {**feed, "past_key": past_k, "past_value": past_v})
 
     def _decode(
         self,
@@ -271,6 +267,64 @@ class VQAPipeline:
     def _candidate_ids(self, candidate: str) -> list[int]:
         ids = self.tokenizer.encode(candidate, self.manifest.text.max_answer_tokens + 1).tolist()
         return [self.manifest.text.bos_id, *ids[1:]]  # [CLS] -> [DEC], as in training
+
+
+def choose(m: Manifest, precision: str | None, backend: str, machine: backends.Machine) -> tuple[str, str]:
+    """(precision, backend) to run: engines need trt-engine, ONNX graphs an onnxruntime backend."""
+    if precision is not None and precision not in m.precisions:
+        raise BundleError(f"precision {precision!r} is not in this bundle; it has {sorted(m.precisions)}")
+    engines = sorted(m.trt)
+    if precision is None and backend in ("auto", "trt-engine") and engines:
+        usable = backend == "trt-engine" or (
+            machine.offers("trt-engine")
+            and backends.engine_mismatch(m.trt[engines[0]]["built_for"], machine) is None
+        )
+        precision = engines[0] if usable else None
+    precision = precision or m.default_precision
+    if precision in m.trt:
+        if backend not in ("auto", "trt-engine"):
+            raise InputError(
+                f"precision {precision} holds TensorRT engines: run it with --backend trt-engine"
+            )
+        backends.select("trt-engine", machine, has_engines=True)
+        if why := backends.engine_mismatch(m.trt[precision]["built_for"], machine):
+            raise BundleError(why)
+        return precision, "trt-engine"
+    if backend == "trt-engine":
+        raise InputError(
+            f"precision {precision} is ONNX: --backend trt-engine runs only {engines or 'engines'}"
+        )
+    return precision, backends.select(backend, machine, has_engines=False)
+
+
+def _load_graph(
+    bundle: Path, m: Manifest, precision: str, name: str, backend: str, threads: int, verify: bool
+) -> Any:
+    """One graph of ``precision`` as an onnxruntime session or a TensorRT engine."""
+    path = m.graph_path(bundle, precision, name)
+    try:
+        if backend == "trt-engine":
+            from edgevqa.runtime.trt import TrtGraph
+
+            graph = TrtGraph(path)
+        else:
+            # only a verified graph goes through the optimized-graph cache (CPU only)
+            sha = m.files.get(m.precisions[precision][name], {}).get("sha256") if verify else None
+            provs = backends.providers(
+                backend, cache_dir=path.parent / ".trt-cache", fp16=precision == "fp16"
+            )
+            graph = make_session(
+                path, threads, providers=provs, graph_sha256=sha if backend == "cpu" else None
+            )
+    except (BundleError, InputError):
+        raise
+    except Exception as e:  # onnxruntime and tensorrt raise their own types for unreadable graphs
+        raise BundleError(f"cannot load {name} ({precision}): {str(e).splitlines()[0]}") from None
+    expected = m.graphs[name]
+    got = tuple(i.name for i in graph.get_inputs())
+    if set(got) != set(expected.inputs):
+        raise BundleError(f"{name} graph inputs {got} do not match the manifest {expected.inputs}")
+    return graph
 
 
 def empty_past(cross_k: np.ndarray) -> np.ndarray:

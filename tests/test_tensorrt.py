@@ -1,0 +1,253 @@
+"""TensorRT paths that need no GPU: profiles, flags, the split decoder, backend choice, refusals.
+
+The end-to-end engine tests at the bottom are marked `gpu` and `trt`: they run only where a CUDA
+GPU and the tensorrt package exist (`pytest -m "gpu and trt"`), never on CI here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import edgevqa_cmd
+
+from edgevqa.errors import BundleError, InputError
+from edgevqa.export import specs
+from edgevqa.export import tensorrt as trt_export
+from edgevqa.runtime import backends
+from edgevqa.runtime.backends import Gpu, Machine
+
+SPEC = specs.get("blip-vqa")
+CPU_ONLY = Machine(("CPUExecutionProvider",), None, None)
+H200 = Gpu("NVIDIA H200", "9.0")
+GPU_BOX = Machine(
+    ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"), "10.13.0", H200
+)
+BUILT_HERE = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "tensorrt": "10.13.0"}
+
+# fixed sizes as read from a tiny model's graphs: 2 layers, 4 heads, head_dim 8, 17 image tokens
+CACHE = {0: 2, 2: 4, 4: 8}
+FIXED = {
+    "pixel_values": {1: 3, 2: 64, 3: 64},
+    "image_key": {**CACHE, 3: 17},
+    "image_value": {**CACHE, 3: 17},
+    "past_key": CACHE,
+    "past_value": CACHE,
+    "cross_key": CACHE,
+    "cross_value": CACHE,
+}
+LIMITS = trt_export.Limits(max_batch=4, max_question=32, max_answer=8)
+
+
+def test_profiles_cover_every_input_with_hand_checked_shapes():
+    p = {g.name: trt_export.profile(g, FIXED, LIMITS).shapes for g in SPEC.exported(tensorrt=True)}
+    assert set(p) == {"vision_encoder", "question_encoder", "decoder_step", "decoder_first"}
+    assert p["vision_encoder"]["pixel_values"] == ((1, 3, 64, 64), (1, 3, 64, 64), (4, 3, 64, 64))
+    assert p["question_encoder"]["input_ids"] == ((1, 1), (1, 16), (4, 32))
+    assert p["question_encoder"]["image_key"] == ((2, 1, 4, 17, 8), (2, 1, 4, 17, 8), (2, 4, 4, 17, 8))
+    # with-past decoder: past 1 .. max_answer-1, one new token; never a zero-length past
+    assert p["decoder_step"]["past_key"] == ((2, 1, 4, 1, 8), (2, 1, 4, 4, 8), (2, 4, 4, 7, 8))
+    assert p["decoder_step"]["input_ids"] == ((1, 1), (1, 1), (4, 9))
+    assert p["decoder_step"]["cross_key"] == ((2, 1, 4, 1, 8), (2, 1, 4, 16, 8), (2, 4, 4, 32, 8))
+    assert set(p["decoder_first"]) == {"input_ids", "cross_key", "cross_value"}  # no cache in
+    for shapes in p.values():
+        for lo, mid, hi in shapes.values():
+            assert all(a <= b <= c for a, b, c in zip(lo, mid, hi))
+
+
+def test_profile_refuses_an_axis_it_cannot_size():
+    with pytest.raises(ValueError, match="neither symbolic nor fixed"):
+        trt_export.profile(SPEC.graph("decoder_step"), {**FIXED, "past_key": {0: 2}}, LIMITS)
+    with pytest.raises(KeyError, match="no TensorRT profile rule"):
+        LIMITS.axis("frames")
+
+
+def test_builder_flags_per_precision():
+    assert trt_export.builder_flags("trt-fp16") == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert trt_export.builder_flags("trt-int8") == ["INT8", "FP16"]  # explicit Q/DQ, rest fp16
+    assert trt_export.SOURCES == {"trt-fp16": "fp32", "trt-int8": "int8-static"}
+    with pytest.raises(InputError, match="TensorRT precision"):
+        trt_export.builder_flags("fp16")
+
+
+def test_trt_precisions_follow_the_precision_option():
+    from edgevqa.config import ExportConfig
+
+    assert ExportConfig(run="r", out="o").trt_precisions == []
+    assert ExportConfig(run="r", out="o", trt=True).trt_precisions == ["trt-fp16"]
+    both = ExportConfig(run="r", out="o", precisions=["int8-static", "fp16"], trt=True)
+    assert both.trt_precisions == ["trt-int8", "trt-fp16"]  # int8 from the calibrated Q/DQ graphs
+
+
+def test_fixed_dims_are_read_from_the_graph(bundle):
+    fixed = trt_export.fixed_dims(bundle / "fp32" / "vision_encoder.onnx")
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert fixed["pixel_values"] == {1: 3, 2: m["image"]["height"], 3: m["image"]["width"]}
+    q = trt_export.fixed_dims(bundle / "fp32" / "question_encoder.onnx")
+    d = m["decoder"]
+    assert {0: d["num_layers"], 2: d["num_heads"], 4: d["head_dim"]}.items() <= q["image_key"].items()
+    assert 3 in q["image_key"]  # image tokens: fixed by the image size
+    assert q["input_ids"] == {}  # batch and question length are symbolic
+
+
+# --- backend choice ---------------------------------------------------------------------------
+
+
+def test_auto_picks_the_best_backend_the_machine_offers():
+    assert backends.select("auto", CPU_ONLY, has_engines=True) == "cpu"
+    assert backends.select("auto", GPU_BOX, has_engines=False) == "tensorrt"
+    assert backends.select("auto", GPU_BOX, has_engines=True) == "trt-engine"
+    cuda_only = Machine(("CUDAExecutionProvider", "CPUExecutionProvider"), None, H200)
+    assert backends.select("auto", cuda_only, has_engines=True) == "cuda"
+
+
+def test_unavailable_backends_are_refused_with_what_they_need():
+    with pytest.raises(InputError, match="backend cuda needs onnxruntime-gpu.*available here: cpu"):
+        backends.select("cuda", CPU_ONLY, has_engines=False)
+    with pytest.raises(InputError, match="unknown backend 'gpu'"):
+        backends.select("gpu", CPU_ONLY, has_engines=False)
+    with pytest.raises(BundleError, match="no TensorRT engines"):
+        backends.select("trt-engine", GPU_BOX, has_engines=False)
+
+
+def test_this_machine_is_probed_as_it_is():
+    import onnxruntime as ort
+
+    m = backends.probe()
+    assert m.ort_providers == tuple(ort.get_available_providers())
+    assert m.offers("cpu")
+
+
+def test_engines_for_another_gpu_or_version_are_refused():
+    assert backends.engine_mismatch(BUILT_HERE, GPU_BOX) is None
+    other = Machine(GPU_BOX.ort_providers, "10.13.0", Gpu("NVIDIA L4", "8.9"))
+    why = backends.engine_mismatch(BUILT_HERE, other)
+    assert "gpu 'NVIDIA H200' (here: 'NVIDIA L4')" in why and "compute_capability '9.0'" in why
+    newer = Machine(GPU_BOX.ort_providers, "10.14.1", H200)
+    assert "tensorrt '10.13.0' (here: '10.14.1')" in backends.engine_mismatch(BUILT_HERE, newer)
+    assert "need TensorRT" in backends.engine_mismatch(BUILT_HERE, CPU_ONLY)
+
+
+def test_tensorrt_provider_options_cache_engines():
+    provs = backends.providers("tensorrt", cache_dir=None, fp16=True)
+    assert provs[0] == ("TensorrtExecutionProvider", {"trt_fp16_enable": True})
+    assert provs[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    name, opts = backends.providers("tensorrt", cache_dir=__import__("pathlib").Path("/c"))[0]
+    assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == "/c"
+    with pytest.raises(InputError):
+        backends.providers("trt-engine")
+
+
+def test_choose_runs_engines_only_where_they_were_built(bundle, monkeypatch):
+    from edgevqa.bundle import load_manifest
+    from edgevqa.runtime.pipeline import choose
+
+    m = load_manifest(bundle, verify=False)
+    assert choose(m, None, "auto", CPU_ONLY) == ("fp32", "cpu")
+    m.precisions["trt-fp16"] = {g: f"trt-fp16/{g}.plan" for g in m.precisions["fp32"]}
+    m.trt["trt-fp16"] = {"built_for": BUILT_HERE, "source": "fp32", "profiles": {}}
+    assert choose(m, None, "auto", GPU_BOX) == ("trt-fp16", "trt-engine")
+    assert choose(m, None, "auto", CPU_ONLY) == ("fp32", "cpu")  # engines unusable: ONNX on CPU
+    with pytest.raises(BundleError, match="built for another machine"):
+        choose(m, "trt-fp16", "auto", Machine(GPU_BOX.ort_providers, "10.13.0", Gpu("NVIDIA L4", "8.9")))
+    with pytest.raises(InputError, match="--backend trt-engine"):
+        choose(m, "trt-fp16", "cpu", GPU_BOX)
+    with pytest.raises(InputError, match="trt-engine runs only"):
+        choose(m, "int8", "trt-engine", GPU_BOX)
+
+
+# --- what a user sees here -----------------------------------------------------------------------
+
+
+def test_export_trt_without_tensorrt_is_one_line_and_writes_nothing(lora_run, tmp_path):
+    out = tmp_path / "bundle"
+    p = subprocess.run(
+        edgevqa_cmd("export", str(lora_run), "--out", str(out), "--trt"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install tensorrt" in lines[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_ask_with_a_backend_this_machine_lacks_is_one_line(bundle, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("L", (32, 32)).save(img)
+    p = subprocess.run(
+        edgevqa_cmd("ask", str(img), "is there a lesion?", "--model", str(bundle), "--backend", "cuda"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: backend cuda needs"), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+# --- the split decoder, run on the CPU -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_bundle(tmp_path_factory, base_run):
+    """A bundle laid out for TensorRT (decoder_first beside decoder_step), fp32 only."""
+    from edgevqa import atomic
+    from edgevqa.export.exporter import make_manifest, seal, write_graphs
+    from edgevqa.train import models
+
+    loaded = models.load_pretrained(str(base_run))
+    out = tmp_path_factory.mktemp("split") / "bundle"
+    with atomic.directory(out) as tmp:
+        write_graphs(loaded.model, SPEC, tmp, ["fp32"], tensorrt=True)
+        loaded.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        seal(
+            tmp, make_manifest(loaded.model, loaded.tokenizer, loaded.image, SPEC, ["fp32"], 32, 8, {}, True)
+        )
+    return out
+
+
+def test_first_step_graph_answers_like_the_single_decoder(split_bundle, synth_data):
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+
+    split = VQAPipeline.from_bundle(split_bundle)
+    assert set(split.sessions) == {"vision_encoder", "question_encoder", "decoder_step", "decoder_first"}
+    single = VQAPipeline.from_bundle(split_bundle)
+    del single.sessions["decoder_first"]  # the ONNX way: decoder_step with an empty cache
+    enc = split.encode_image(load_split(synth_data, "val")[0].image_path(synth_data))
+    ids = split.question_ids("is there a lesion?")
+    ck, cv = split._cross(enc, ids)
+    empty = np.zeros((*ck.shape[:3], 0, ck.shape[4]), np.float32)
+    first = np.array([[split.manifest.text.bos_id, 7, 9]])
+    a = split._decoder(first, empty, empty, ck, cv)
+    b = single._decoder(first, empty, empty, ck, cv)
+    for x, y in zip(a, b):
+        assert x.shape == y.shape and np.abs(x - y).max() < 1e-5
+    for r in load_split(synth_data, "val")[:20]:
+        path = r.image_path(synth_data)
+        assert split.ask(path, r.question).token_ids == single.ask(path, r.question).token_ids
+        ranked = split.rank(path, r.question)
+        assert ranked.scores == pytest.approx(single.rank(path, r.question).scores, abs=1e-4)
+
+
+# --- on a GPU with TensorRT only ---------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_trt_engines_answer_like_pytorch(lora_run, tmp_path):
+    """Builds trt-fp16 engines, validates them against PyTorch (the gate) and answers with them."""
+    from edgevqa.config import ExportConfig
+    from edgevqa.export import export
+    from edgevqa.runtime import VQAPipeline
+
+    out = export(ExportConfig(run=str(lora_run), out=str(tmp_path / "b"), trt=True), progress=False)
+    fid = json.loads((out / "fidelity.json").read_text())
+    assert fid["precisions"]["trt-fp16"]["answer_agreement"] >= 0.99
+    pipe = VQAPipeline.from_bundle(out, backend="auto")
+    assert pipe.backend == "trt-engine" and pipe.precision == "trt-fp16"
