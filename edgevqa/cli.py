@@ -236,7 +236,9 @@ def export(
         typer.Option(help="Dataset whose train split calibrates int8-static (default: the run's)."),
     ] = None,
     calib_size: Annotated[int, typer.Option(help="Calibration questions for int8-static.")] = 64,
-    calib_method: Annotated[str, typer.Option(help="Calibration method (minmax).")] = "minmax",
+    calib_method: Annotated[
+        str, typer.Option(help="Activation ranges for int8-static: minmax, entropy or percentile.")
+    ] = "minmax",
     fallback: Annotated[
         bool,
         typer.Option(

@@ -14,7 +14,8 @@ from typing import Any
 
 from edgevqa.errors import InputError
 
-PRECISIONS = ("fp32", "int8", "fp16", "int8-static")
+PRECISIONS = ("fp32", "int8", "fp16", "int8-static", "int4")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass
@@ -89,7 +90,7 @@ class ExportConfig:
     """Dataset whose train split calibrates int8-static (default: the run's data)."""
     calib_size: int = 64
     calib_method: str = "minmax"
-    """minmax (entropy and percentile need fixed-shape calibration inputs: not yet)."""
+    """minmax, entropy or percentile (activation ranges of int8-static)."""
     fallback: bool = True
     """When a quantized precision fails the gate, keep its most sensitive MatMuls in fp32 and retry."""
     force: bool = False
@@ -113,11 +114,8 @@ class ExportConfig:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise InputError(f"`--precision` must be among {PRECISIONS}, got {self.precisions}")
-        if self.calib_method != "minmax":
-            raise InputError(
-                f"`--calib-method` {self.calib_method!r} is not supported yet: only minmax (entropy and "
-                "percentile need calibration inputs of one shape)"
-            )
+        if self.calib_method not in CALIB_METHODS:
+            raise InputError(f"`--calib-method` must be one of {CALIB_METHODS}, got {self.calib_method!r}")
         if self.calib_size < 1:
             raise InputError("`--calib-size` must be >= 1")
         if self.trt_max_batch < 1:

@@ -223,7 +223,41 @@ def test_static_int8_is_calibrated_qdq_that_loads_and_agrees(lora_run, tmp_path,
     assert len(feeds["vision_encoder"]) == len(feeds["question_encoder"]) == 2
     assert len(feeds["decoder_step"]) >= 2 and feeds["decoder_step"][0]["past_key"].shape[3] == 0
     with pytest.raises(InputError, match="calib-method"):
-        ExportConfig(run="r", out="o", calib_method="entropy")
+        ExportConfig(run="r", out="o", calib_method="kl")
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_takes_inputs_of_different_shapes(tmp_path, method):
+    """onnxruntime's histogram calibrators alone fail on ragged inputs (questions of different
+    lengths); grouped by shape they merge, and the quantizer uses exactly the ranges found."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgevqa.export.calibrate import histogram_ranges, shape_groups, static_int8
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, "t", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, "t", 3])],
+        [w],
+    )
+    src = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    feeds = [{"X": rng.standard_normal((1, t, 4)).astype(np.float32)} for t in (3, 5, 3, 7)]
+    assert [len(g) for g in shape_groups(feeds)] == [2, 1, 1]
+    ranges = histogram_ranges(src, feeds, method)
+    biggest = max(float(np.abs(f["X"]).max()) for f in feeds)
+    lo, hi = ranges["X"]
+    bound = max(-lo, hi)  # activations are quantized symmetrically: the larger side sets the scale
+    assert lo < 0 < hi and bound <= biggest * 1.001  # within what was seen (clipped, for entropy)
+    static_int8({"mm": feeds}, method)(src, tmp_path / "q.onnx")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    quant_x = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "X")
+    assert float(inits[quant_x.input[1]]) == pytest.approx(bound / 127, rel=1e-5)
 
 
 def test_a_precision_shipped_without_fp32(lora_run, tmp_path):
@@ -240,3 +274,27 @@ def test_a_precision_shipped_without_fp32(lora_run, tmp_path):
     m = load_manifest(out)
     assert set(m.precisions) == {"int8-static"} and m.default_precision == "int8-static"
     assert not (out / "fp32").exists() and not any(f.startswith("fp32/") for f in m.files)
+
+
+def test_int4_decoder_ships_4bit_weights_only_where_memory_bound(lora_run, tmp_path, synth_data):
+    """int4: the decoder's MatMuls become 4-bit MatMulNBits, the encoders stay int8 dynamic;
+    fidelity.json holds its agreement like any precision, and the bundle answers."""
+    import onnx
+
+    from edgevqa.data.records import load_split
+    from edgevqa.export import exporter
+    from edgevqa.runtime import VQAPipeline
+
+    out = tmp_path / "b4"
+    cfg = ExportConfig(run=str(lora_run), out=str(out), precisions=["int4"], validate_limit=20, force=True)
+    exporter.export(cfg, progress=False)
+    ops = {
+        g: {n.op_type for n in onnx.load(str(out / "int4" / f"{g}.onnx")).graph.node}
+        for g in ("vision_encoder", "decoder_step")
+    }
+    assert "MatMulNBits" in ops["decoder_step"] and "MatMulInteger" not in ops["decoder_step"]
+    assert "MatMulInteger" in ops["vision_encoder"] and "MatMulNBits" not in ops["vision_encoder"]
+    rep = json.loads((out / "fidelity.json").read_text())["precisions"]["int4"]
+    assert 0 <= rep["answer_agreement"] <= 1 and rep["n"] == 20
+    rec = load_split(synth_data, "test")[0]
+    assert VQAPipeline.from_bundle(out).ask(rec.image_path(synth_data), rec.question).token_ids
