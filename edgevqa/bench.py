@@ -28,6 +28,7 @@ from edgevqa.bundle import load_manifest
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
 from edgevqa.metrics import agreement, majority_baseline, record_accuracy
+from edgevqa.runtime.backends import probe
 
 log = logging.getLogger("edgevqa.bench")
 
@@ -120,6 +121,24 @@ def torch_bytes(run: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def targets(m: Any, machine: Any) -> dict[str, dict[str, str]]:
+    """Every backend x precision of bundle ``m`` this machine can run, by report name:
+    ``onnx-<precision>`` on the CPU, ``cuda-``/``tensorrt-<precision>`` on onnxruntime's GPU
+    providers, and the bundle's TensorRT engines under their own precision name."""
+    from edgevqa.runtime import backends as rb
+
+    out = {}
+    for p in m.precisions:
+        if p in m.trt:
+            if machine.offers("trt-engine") and rb.engine_mismatch(m.trt[p]["built_for"], machine) is None:
+                out[p] = {"precision": p, "runtime_backend": "trt-engine"}
+            continue
+        for b in ("cpu", "cuda", "tensorrt"):
+            if b == "cpu" or machine.offers(b):
+                out[f"onnx-{p}" if b == "cpu" else f"{b}-{p}"] = {"precision": p, "runtime_backend": b}
+    return out
+
+
 def bench_bundle(
     bundle: Path, data: Path, out: Path, run: Path | None = None, limit: int = 0
 ) -> dict[str, Any]:
@@ -148,11 +167,11 @@ def bench_bundle(
     }
     backends: dict[str, Any] = {}
     raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "run": str(run)})}
-    for p in m.precisions:
-        raw[f"onnx-{p}"] = run_worker({**common, "backend": f"onnx-{p}", "bundle": str(bundle)})
-    torch_answers = raw["torch-fp32"]["answers"]
     sizes = {"torch-fp32": torch_bytes(run)}
-    sizes.update({f"onnx-{p}": dir_bytes([bundle / f for f in g.values()]) for p, g in m.precisions.items()})
+    for name, t in targets(m, probe()).items():
+        raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
+        sizes[name] = dir_bytes([bundle / f for f in m.precisions[t["precision"]].values()])
+    torch_answers = raw["torch-fp32"]["answers"]
     for name, r in raw.items():
         backends[name] = {
             "accuracy": record_accuracy(r["answers"], test),
@@ -197,7 +216,7 @@ def bench_arch(
     repeats: int = 10,
     answer_tokens: int = 8,
     question_tokens: int = 12,
-    precisions: tuple[str, ...] = ("fp32", "int8"),
+    precisions: tuple[str, ...] = ("fp32", "int8", "int4"),
 ) -> dict[str, Any]:
     """A random-weight ``arch`` (blip-vqa-base: full size), exported here: PyTorch eager fp32 vs
     each ONNX precision on one image and one question, answers of exactly ``answer_tokens``."""
@@ -268,11 +287,11 @@ def _measure_arch(
         "follow_up_groups": [[str(image), [question] * (repeats + 1)]],
     }
     raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "model_dir": str(model_dir)})}
-    for p in precisions:
-        raw[f"onnx-{p}"] = run_worker({**common, "backend": f"onnx-{p}", "bundle": str(bundle)})
     m = load_manifest(bundle, verify=False)
     sizes = {"torch-fp32": dir_bytes([model_dir / "model.safetensors"])}
-    sizes.update({f"onnx-{p}": dir_bytes([bundle / f for f in g.values()]) for p, g in m.precisions.items()})
+    for name, t in targets(m, probe()).items():
+        raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
+        sizes[name] = dir_bytes([bundle / f for f in m.precisions[t["precision"]].values()])
     return raw, sizes
 
 

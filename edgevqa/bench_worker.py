@@ -3,7 +3,8 @@ the onnxruntime side never has torch loaded.
 
     python -m edgevqa.bench_worker SPEC.json OUT.json
 
-SPEC: {"backend": "torch-fp32" | "onnx-<precision>", "bundle": dir, "run" or "model_dir": dir (torch),
+SPEC: {"backend": "torch-fp32" or a runtime report name (bench.targets) with its "precision" and
+       "runtime_backend", "bundle": dir, "run" or "model_dir": dir (torch),
        "items": [[image_path, question], ...], "warmup": n, "repeats": n,
        "max_new_tokens": n, "min_new_tokens": n, "threads": n}
 OUT:  {"answers": [...], "token_ids": [...], "latency_ms": [...], "first_answer_s": s, "peak_rss_mb": mb}
@@ -52,9 +53,10 @@ def onnx_answerer(spec: dict[str, Any]):
     # follow-up questions are measured on their own (follow_up_ms)
     pipe = VQAPipeline.from_bundle(
         spec["bundle"],
-        precision=spec["backend"].removeprefix("onnx-"),
+        precision=spec["precision"],
         threads=spec.get("threads", 0),
         image_cache=0,
+        backend=spec.get("runtime_backend", "cpu"),
     )
     t = pipe.manifest.text
     opts = DecodingOptions(

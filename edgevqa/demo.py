@@ -90,7 +90,11 @@ def run(workdir: Path, fast: bool = False) -> str:
         log.info("[4/6] export -> %s", bundle)
         export(
             ExportConfig(
-                run=str(lora), out=str(bundle), precisions=["fp32", "int8"], overwrite=True, force=fast
+                run=str(lora),
+                out=str(bundle),
+                precisions=["fp32", "int8", "int4"],
+                overwrite=True,
+                force=fast,
             )
         )
     rec = load_split(data, "test")[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from edgevqa.bench import bench_bundle
+from edgevqa.bundle import load_manifest
 from edgevqa.data.records import load_split
 
 
@@ -55,3 +56,24 @@ def test_bench_arch_fixed_length_answers(tmp_path):
     assert "follow_up_ms" not in b["torch-fp32"]
     md = (tmp_path / "arch" / "report.md").read_text()
     assert "speed-up vs torch" in md and "4 tokens" in md and "same image" in md
+
+
+def test_bench_targets_are_every_backend_and_precision_the_machine_runs(bundle):
+    from edgevqa.bench import targets
+    from edgevqa.runtime.backends import Gpu, Machine
+
+    m = load_manifest(bundle, verify=False)
+    cpu = Machine(("CPUExecutionProvider",), None, None)
+    assert targets(m, cpu) == {
+        "onnx-fp32": {"precision": "fp32", "runtime_backend": "cpu"},
+        "onnx-int8": {"precision": "int8", "runtime_backend": "cpu"},
+    }
+    gpu = Machine(("CUDAExecutionProvider", "CPUExecutionProvider"), "10.13.0", Gpu("NVIDIA H200", "9.0"))
+    m.precisions["trt-fp16"] = {}
+    m.trt["trt-fp16"] = {
+        "built_for": {"gpu": "NVIDIA H200", "compute_capability": "9.0", "tensorrt": "10.13.0"}
+    }
+    t = targets(m, gpu)
+    assert set(t) == {"onnx-fp32", "onnx-int8", "cuda-fp32", "cuda-int8", "trt-fp16"}
+    assert t["trt-fp16"]["runtime_backend"] == "trt-engine"
+    assert "trt-fp16" not in targets(m, cpu)  # engines only where they were built

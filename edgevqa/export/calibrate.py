@@ -15,6 +15,8 @@ quantizer as per-tensor overrides.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,7 +123,9 @@ def histogram_ranges(src: Path, feeds: list[dict[str, np.ndarray]], method: str)
     from edgevqa.export.quantize import _quiet_root
 
     cal_method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory(prefix="edgevqa-calib-") as tmp, _quiet_root():
+    # the calibrators print progress lines to stdout: noise in an export's log
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with tempfile.TemporaryDirectory(prefix="edgevqa-calib-") as tmp, _quiet_root(), quiet:
         calibrator = create_calibrator(
             src,
             ["MatMul"],
