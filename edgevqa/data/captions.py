@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgevqa.data.records import read_jsonl
 from edgevqa.errors import InputError
 
 SUFFIX = ".captions.jsonl"
@@ -59,15 +60,8 @@ def load_captions(root: str | Path, split: str) -> list[CaptionRecord]:
             f"(make them with `edgevqa data convert eltorio/ROCOv2-radiology --out {root}`)"
         )
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = CaptionRecord(**json.loads(line))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise InputError(f"{path}:{n}: not a caption record ({e})") from None
-            if not rec.caption.strip():
-                raise InputError(f"{path}:{n}: empty caption")
-            records.append(rec)
+    for n, rec in read_jsonl(path, lambda d: CaptionRecord(**d), "caption record"):
+        if not rec.caption.strip():
+            raise InputError(f"{path}:{n}: empty caption")
+        records.append(rec)
     return records

@@ -12,9 +12,10 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgevqa.errors import InputError
 
@@ -63,20 +64,32 @@ def load_split(root: str | Path, split: str) -> list[VQARecord]:
             f"no {split} split in {root}: {path} not found (make one with `edgevqa data synth --out {root}`)"
         )
     records = []
+    for n, rec in read_jsonl(path, lambda d: VQARecord(**d), "VQA record"):
+        if not rec.question.strip() or not rec.answer.strip():
+            raise InputError(f"{path}:{n}: empty question or answer")
+        if rec.answer_type not in ANSWER_TYPES:
+            raise InputError(
+                f"{path}:{n}: answer_type must be one of {ANSWER_TYPES}, got {rec.answer_type!r}"
+            )
+        records.append(rec)
+    return records
+
+
+T = TypeVar("T")
+
+
+def read_jsonl(path: Path, make: Callable[[dict[str, Any]], T], what: str) -> Iterator[tuple[int, T]]:
+    """(line number, record) for every non-blank line of a JSONL file of records.
+
+    Raises:
+        InputError: a line is not JSON or not a ``what`` (the message cites the line).
+    """
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                d = json.loads(line)
-                rec = VQARecord(**d)
+                rec = make(json.loads(line))
             except (json.JSONDecodeError, TypeError) as e:
-                raise InputError(f"{path}:{n}: not a VQA record ({e})") from None
-            if not rec.question.strip() or not rec.answer.strip():
-                raise InputError(f"{path}:{n}: empty question or answer")
-            if rec.answer_type not in ANSWER_TYPES:
-                raise InputError(
-                    f"{path}:{n}: answer_type must be one of {ANSWER_TYPES}, got {rec.answer_type!r}"
-                )
-            records.append(rec)
-    return records
+                raise InputError(f"{path}:{n}: not a {what} ({e})") from None
+            yield n, rec
