@@ -65,7 +65,7 @@ def test_profile_refuses_an_axis_it_cannot_size():
 
 
 def test_builder_flags_per_precision():
-    assert trt_export.builder_flags("trt-fp16") == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert trt_export.builder_flags("trt-fp16") == ["FP16", "PREFER_PRECISION_CONSTRAINTS"]
     assert trt_export.builder_flags("trt-int8") == ["INT8", "FP16"]  # explicit Q/DQ, rest fp16
     assert trt_export.SOURCES == {"trt-fp16": "fp32", "trt-int8": "int8-static"}
     with pytest.raises(InputError, match="TensorRT precision"):

@@ -105,7 +105,8 @@ def profile(g: GraphSpec, fixed: dict[str, dict[int, int]], limits: Limits) -> P
 def builder_flags(precision: str) -> list[str]:
     """trt.BuilderFlag names for an engine precision."""
     flags = {
-        "trt-fp16": ["FP16", "OBEY_PRECISION_CONSTRAINTS"],
+        # PREFER: a pinned layer TensorRT cannot run in fp32 warns instead of failing the build
+        "trt-fp16": ["FP16", "PREFER_PRECISION_CONSTRAINTS"],
         "trt-int8": ["INT8", "FP16"],  # explicit quantization: Q/DQ layers in int8, the rest fp16
     }
     if precision not in flags:
@@ -164,9 +165,11 @@ def build_engine(
 def pin_fp32(trt: Any, network: Any) -> None:
     """Keep the numerically fragile layers (FP32_LAYERS) in fp32 inside an fp16 engine."""
     kinds = {getattr(trt.LayerType, k) for k in FP32_LAYERS if hasattr(trt.LayerType, k)}
+    floats = (trt.float32, trt.float16)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in kinds:
+        # only float computations: reductions over shapes (int64) stay as they are
+        if layer.type in kinds and layer.num_outputs and layer.get_output(0).dtype in floats:
             layer.precision = trt.float32
             for j in range(layer.num_outputs):
                 layer.set_output_type(j, trt.float32)
