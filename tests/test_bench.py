@@ -44,7 +44,9 @@ def test_bench_arch_fixed_length_answers(tmp_path):
     """--arch on the tiny architecture: same weights on both sides, answers of exactly N tokens."""
     from edgevqa.bench import bench_arch
 
-    report = bench_arch("tiny-blip", tmp_path / "arch", repeats=2, answer_tokens=4)
+    report = bench_arch(
+        "tiny-blip", tmp_path / "arch", repeats=2, answer_tokens=4, precisions=("fp32", "int8")
+    )
     b = report["backends"]
     assert set(b) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
     assert b["onnx-fp32"]["token_agreement"] == 1.0  # random weights, yet the same greedy tokens
