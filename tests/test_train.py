@@ -136,7 +136,12 @@ def test_config_errors_name_the_flag():
 def test_unloadable_base_leaves_no_run(tmp_path, synth_data, monkeypatch):
     from edgevqa.train import loop
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying
+    import huggingface_hub.constants
+
+    # no hub here: fail fast instead of retrying. The env var alone is read once, when
+    # huggingface_hub is first imported (earlier tests may have done that), so set the constant too.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     out = tmp_path / "run"
     with pytest.raises(InputError, match="cannot load BLIP VQA model"):
         loop.train(
