@@ -16,14 +16,25 @@ from edgevqa.errors import InputError
 
 PRECISIONS = ("fp32", "int8", "fp16", "int8-static", "int4")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# Training recipes; their default settings live in edgevqa/train/recipes.py (torch-free).
+RECIPES = ("default", "vqa", "dapt", "dapt-sd", "caption")
+CAPTION_RECIPES = ("dapt", "dapt-sd", "caption")  # these read {split}.captions.jsonl
+TRAIN_PARTS = ("full", "decoder", "encoder")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class TrainConfig:
+    recipe: str = "default"
+    """default, vqa, dapt, dapt-sd or caption: which objective the loop optimises. A recipe's default
+    settings are applied by ``edgevqa.train.recipes.config_for`` (and the CLI), not by this field."""
     base: str = "tiny-blip"
     """Preset (tiny-blip), Hugging Face id (Salesforce/blip-vqa-base), local model folder or previous RUN."""
+    init: str = ""
+    """A previous RUN (any recipe) whose model/ starts this run: chains dapt -> vqa. Becomes the base."""
     data: str = ""
-    """Dataset folder with train.jsonl / val.jsonl (see `edgevqa data synth`)."""
+    """Dataset folder with train.jsonl / val.jsonl (see `edgevqa data synth`), or with
+    train.captions.jsonl / val.captions.jsonl for the dapt, dapt-sd and caption recipes."""
     out: str = ""
     """Run folder to write: config.json, metrics.jsonl, checkpoints, model/ or adapter/."""
     lora: bool = False
@@ -34,32 +45,72 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value", "qkv"])
     freeze_vision: bool = False
     """Keep the vision encoder's weights fixed (paper 000's fine-tune)."""
+    train_part: str = "full"
+    """caption recipe: which parts learn: full (vision + decoder), decoder or encoder (vision)."""
     epochs: float = 10.0
     max_steps: int = 0
     """Stop after this many optimizer steps (0: use epochs)."""
     lr: float = 5e-4
     min_lr: float = 1e-5
     warmup_steps: int = 300
+    warmup_start_lr: float = 0.0
+    """lr of the first warmup step (0: ramp lr*(step+1)/warmup_steps as before); dapt-sd: 5e-9."""
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
     batch_size: int = 32
+    """Examples per forward pass (micro-batch); an optimizer step sees batch_size * grad_accum."""
+    grad_accum: int = 1
+    """Micro-batches whose gradients are summed (averaged) before each optimizer step."""
+    patience: int = 0
+    """Early stopping: evaluate at every epoch end and stop after this many epochs without a better
+    validation score, then keep the best epoch's weights (0: off)."""
     seed: int = 0
     eval_every: int = 500
-    """Validation exact match every N steps (0: only at the end)."""
+    """Validation every N steps (exact match; caption recipes: their losses) (0: only at the end)."""
     eval_limit: int = 300
     """Validation questions used for the periodic evaluation (the final one uses all)."""
     checkpoint_every: int = 500
     max_question_tokens: int = 32
     max_answer_tokens: int = 8
+    max_caption_tokens: int = 64
+    """Caption tokens kept, specials included (capped by the model's position table)."""
     image_size: int = 64
     """Input size of the tiny-blip preset (pretrained bases carry their own). 64 px = 4x4 patches: measured
     here, where a finding lies (left/right) is learned within 4000 steps at 64 px and not at 96 px."""
     threads: int = 0
     """torch threads (0: all cores)."""
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    amp: bool = True
+    """Mixed precision on CUDA (torch.autocast: bf16, or fp16 with loss scaling); CPU always runs fp32."""
 
     def __post_init__(self) -> None:
+        captions, dapt = self.recipe in CAPTION_RECIPES, self.recipe in ("dapt", "dapt-sd")
         checks = [
+            (self.recipe in RECIPES, f"`--recipe` must be one of {RECIPES}, got {self.recipe!r}"),
+            (
+                self.train_part in TRAIN_PARTS,
+                f"`--train` must be one of {TRAIN_PARTS}, got {self.train_part!r}",
+            ),
+            (
+                self.train_part == "full" or self.recipe == "caption",
+                "`--train` applies to --recipe caption only",
+            ),
+            (not (self.lora and captions), "`--lora` works with --recipe default or vqa only"),
+            (
+                not (self.freeze_vision and self.recipe == "caption"),
+                "`--freeze-vision` does not apply to --recipe caption; use `--train decoder`",
+            ),
+            (not (dapt and self.batch_size < 2), "`--batch-size` must be >= 2 for dapt (in-batch negatives)"),
+            (
+                not self.init or self.base in ("tiny-blip", self.init),
+                "Can't provide both `--base` and `--init`. Choose one.",
+            ),
+            (self.device in DEVICES, f"`--device` must be one of {DEVICES}, got {self.device!r}"),
+            (self.grad_accum >= 1, "`--grad-accum` must be >= 1"),
+            (self.patience >= 0, "`--patience` must be >= 0"),
+            (self.max_caption_tokens >= 3, "`--max-caption-tokens` must be >= 3"),
             (self.epochs > 0 or self.max_steps > 0, "`--epochs` or `--max-steps` must be > 0"),
             (self.lr > 0, "`--lr` must be > 0"),
             (self.batch_size >= 1, "`--batch-size` must be >= 1"),

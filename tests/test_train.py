@@ -134,9 +134,9 @@ def test_config_errors_name_the_flag():
 
 
 def test_unloadable_base_leaves_no_run(tmp_path, synth_data, monkeypatch):
-    from edgevqa.train import loop
-
     import huggingface_hub.constants
+
+    from edgevqa.train import loop
 
     # no hub here: fail fast instead of retrying. The env var alone is read once, when
     # huggingface_hub is first imported (earlier tests may have done that), so set the constant too.

@@ -14,6 +14,9 @@ Layout written by :func:`generate`::
     out_dir/images/000000.png ...   grayscale ("L") PNGs, image_size x image_size
     out_dir/{train,val,test}.jsonl  VQARecords (image paths relative to out_dir), split 80/10/10 by image
     out_dir/dataset.json            config, generator version and counts (also returned)
+    out_dir/{split}.captions.jsonl  with ``captions=True`` (``edgevqa data synth --captions``): one
+                                    CaptionRecord per image, e.g. "chest x-ray with two large lesions
+                                    on the left", for the dapt and caption training recipes
 
 Example:
     >>> from edgevqa.data.synth import SynthConfig, generate
@@ -35,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from edgevqa import atomic
+from edgevqa.data.captions import CaptionRecord, write_captions
 from edgevqa.data.records import SPLITS, VQARecord, write_split
 from edgevqa.data.splits import assign_splits
 from edgevqa.errors import InputError
@@ -714,8 +718,31 @@ def _summary(cfg: SynthConfig, images: list[_Image], splits: list[str]) -> dict[
     }
 
 
+def caption_of(im: _Image) -> str:
+    """A one-line report of the image's findings: "brain ct with one small lesion on the right"."""
+    head = f"{im.region} {im.modality}"
+    if not im.lesions:
+        return f"{head} with no lesion"
+    n = len(im.lesions)
+    return f"{head} with {('one', 'two')[n - 1]} {im.size} lesion{'s' if n > 1 else ''} on the {im.side}"
+
+
+def _caption_record(im: _Image) -> CaptionRecord:
+    return CaptionRecord(
+        image=f"images/{im.index:06d}.png",
+        caption=caption_of(im),
+        modality=im.modality,
+        id=f"synth-{im.index:06d}",
+        meta=im.meta,
+    )
+
+
 def generate(
-    out_dir: str | Path, cfg: SynthConfig, overwrite: bool = False, progress: bool = True
+    out_dir: str | Path,
+    cfg: SynthConfig,
+    overwrite: bool = False,
+    progress: bool = True,
+    captions: bool = False,
 ) -> dict[str, Any]:
     """Write the synthetic dataset to `out_dir` (all of it or, on any error, nothing).
 
@@ -727,6 +754,7 @@ def generate(
         cfg: what to generate.
         overwrite: replace an existing non-empty `out_dir`.
         progress: show a tqdm progress bar (on stderr) while drawing images.
+        captions: also write ``{split}.captions.jsonl``, one caption per image (same splits).
 
     Returns:
         The summary also written to ``out_dir/dataset.json``: config, generator version, images and
@@ -751,6 +779,8 @@ def generate(
             write_split(
                 tmp, s, [r for im, sp in zip(images, splits, strict=True) if sp == s for r in _records(im)]
             )
+            if captions:
+                write_captions(tmp, s, [_caption_record(im) for im, sp in zip(images, splits) if sp == s])
         summary = _summary(cfg, images, splits)
         atomic.write_json(tmp / "dataset.json", summary)
     return summary

@@ -93,3 +93,8 @@ def make_batch(enc: Encoded, idx: list[int] | np.ndarray, images: ImageCache, pa
         "decoder_input_ids": torch.from_numpy(a),
         "labels": torch.from_numpy(labels),
     }
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (a no-op on CPU)."""
+    return {k: v.to(device) for k, v in batch.items()}

@@ -58,8 +58,9 @@ def generate_batch(
 ) -> list:
     import torch
 
-    pixels = torch.from_numpy(np.stack([images.get(enc.image_paths[i]) for i in idx]))
-    q = torch.tensor([enc.question_ids[i] for i in idx], dtype=torch.long)
+    device = next(model.parameters()).device  # a model trained on CUDA answers there too
+    pixels = torch.from_numpy(np.stack([images.get(enc.image_paths[i]) for i in idx])).to(device)
+    q = torch.tensor([enc.question_ids[i] for i in idx], dtype=torch.long, device=device)
     out = model.generate(
         input_ids=q,
         pixel_values=pixels,
