@@ -104,3 +104,14 @@ def bundle(tmp_path_factory, lora_run) -> Path:
         ),
         progress=False,
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_global_thread_pool(monkeypatch):
+    """CLI commands that own their process switch onnxruntime to one global thread pool, after
+    which every session asking for its own threads fails (onnxruntime's quantization tools make
+    such sessions). Tests call the CLI in this shared process too, so here it stays per-session;
+    the global pool itself runs in the subprocess tests (CLI, bench workers)."""
+    from edgevqa.runtime import session
+
+    monkeypatch.setattr(session, "use_global_pool", lambda threads=0: False)

@@ -21,7 +21,7 @@ import numpy as np
 from edgevqa.bundle import TOKENIZER, Manifest, load_manifest, verify_files
 from edgevqa.errors import BundleError, InputError
 from edgevqa.runtime import backends
-from edgevqa.runtime.decoding import DecodingOptions, greedy
+from edgevqa.runtime.decoding import DecodingOptions, SamplingOptions, greedy, sample
 from edgevqa.runtime.images import load_image
 from edgevqa.runtime.preprocess import preprocess
 from edgevqa.runtime.session import make_session
@@ -238,6 +238,47 @@ class VQAPipeline:
                 Answer(text, out, {k: round(v, 3) for k, v in timings.items()}, cached or not first)
             )
         return answers
+
+    def sample(
+        self,
+        image: Any,
+        question: str,
+        n: int,
+        sampling: SamplingOptions,
+        rng: np.random.Generator,
+        options: DecodingOptions | None = None,
+    ) -> list[Answer]:
+        """``n`` sampled answers to one question (temperature / top-k / top-p, see decoding.py).
+
+        The image and question are encoded once; the n answers are decoded together as a batch of
+        n (at most ``max_batch`` rows per decoder call: TensorRT profiles bound the batch).
+        """
+        if n < 1:
+            raise InputError(f"the number of samples must be at least 1, got {n}")
+        q_ids = self.question_ids(question)
+        encoding, _ = self._encode(self._pixels(image))
+        cross_k, cross_v = self._cross(encoding, q_ids)
+        opts = options or self.options
+        out: list[list[int]] = []
+        for start in range(0, n, self.max_batch):
+            rows = min(self.max_batch, n - start)
+            ck, cv = np.repeat(cross_k, rows, axis=1), np.repeat(cross_v, rows, axis=1)
+
+            def step(ids: np.ndarray, pk: np.ndarray, pv: np.ndarray, ck=ck, cv=cv) -> Any:
+                return self._decoder(ids, pk, pv, ck, cv)
+
+            out += sample(step, empty_past(ck), rows, opts, sampling, rng)
+        clean = self.manifest.text.clean_up_tokenization_spaces
+        return [Answer(self.tokenizer.decode(ids, clean), ids) for ids in out]
+
+    @property
+    def max_batch(self) -> int:
+        """Most rows one decoder call may take: the engines' profile maximum, else unbounded."""
+        if self.backend != "trt-engine":
+            return 1 << 30
+        profiles = self.manifest.trt.get(self.precision, {}).get("profiles", {})
+        ids = profiles.get("decoder_step", {}).get("input_ids")  # [min, opt, max] shapes of [B, T]
+        return max(1, int(ids[2][0])) if ids else 1
 
     def rank(self, image: Any, question: str, candidates: tuple[str, ...] = ("yes", "no")) -> Answer:
         """Score each candidate answer in one batched decoder pass and return the most likely.
