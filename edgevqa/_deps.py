@@ -17,6 +17,11 @@ _EXTRA = {
     "onnxscript": "export",
     "matplotlib": "bench",
     "tensorrt": "trt",
+    "pydicom": "dicom",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
 }
 
 

@@ -63,6 +63,9 @@ def data_synth(
     out: Annotated[Path, typer.Option(help="Folder to write (images/, train/val/test.jsonl, dataset.json).")],
     n: Annotated[int, typer.Option(help="Number of images (each gets several questions).")] = 3000,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same files.")] = 0,
+    captions: Annotated[
+        bool, typer.Option(help="Also write {split}.captions.jsonl (one caption per image; dapt/caption).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Write the deterministic synthetic radiology VQA set (x-ray / CT / MRI; chest / brain / abdomen)."""
@@ -70,10 +73,11 @@ def data_synth(
 
     if n < 10:
         raise InputError("--n must be at least 10 images (train/val/test each need some)")
-    summary = generate(out, SynthConfig(n_images=n, seed=seed), overwrite=overwrite)
+    summary = generate(out, SynthConfig(n_images=n, seed=seed), overwrite=overwrite, captions=captions)
     typer.echo(json.dumps({"out": str(out), "splits": summary.get("splits", summary)}, default=str))
 
 
+_R = " (default: per --recipe)"
 _SOURCE_HELP = "Dataset folder, or a Hugging Face dataset id (flaviagiammarino/vqa-rad, BoKelvin/SLAKE, ...)."
 _FORMAT_HELP = "vqa-rad, slake, pmc-vqa, rocov2, medpix, edgevqa or edgevqa-captions (default: detected)."
 _SPLIT_SEED_HELP = "Seed of the splits made here (val from train, or 70/10/20)."
@@ -157,39 +161,89 @@ def data_mix(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Dataset folder with train.jsonl and val.jsonl.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Dataset folder: train.jsonl and val.jsonl, or {split}.captions.jsonl for the dapt, "
+            "dapt-sd and caption recipes."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
-    base: Annotated[
+    recipe: Annotated[
         str,
         typer.Option(
-            help="tiny-blip, a Hugging Face id (Salesforce/blip-vqa-base), a model "
-            "folder or a previous RUN."
+            help="default (tiny-blip from scratch), vqa (paper 000 fine-tune), dapt / dapt-sd (paper 000 "
+            "pretraining on captions, + self-distillation), caption (paper 002). Explicit flags override "
+            "the recipe's settings."
         ),
-    ] = "tiny-blip",
+    ] = "default",
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="tiny-blip, a Hugging Face id (Salesforce/blip-vqa-base), a model "
+            "folder or a previous RUN (default: tiny-blip)."
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start from a previous RUN of any recipe (dapt -> vqa); replaces --base."),
+    ] = None,
+    train_part: Annotated[
+        str | None, typer.Option("--train", help="caption: full, decoder or encoder (the parts that learn).")
+    ] = None,
     lora: Annotated[bool, typer.Option("--lora/--no-lora", help="Train a LoRA adapter (peft).")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
-    freeze_vision: Annotated[bool, typer.Option(help="Keep the vision encoder fixed.")] = False,
-    epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 10.0,
+    freeze_vision: Annotated[
+        bool | None,
+        typer.Option("--freeze-vision/--no-freeze-vision", help="Keep the vision encoder fixed." + _R),
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training split." + _R)] = None,
     max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = 0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine).")] = 5e-4,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 300,
-    batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 32,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (AdamW, warmup then cosine)." + _R)
+    ] = None,
+    min_lr: Annotated[float | None, typer.Option(help="Learning rate the cosine ends at." + _R)] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps." + _R)] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay." + _R)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass." + _R)] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option(help="Micro-batches per optimizer step (gradient accumulation)." + _R)
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping: epochs without a better val score (0: off)." + _R)
+    ] = None,
+    max_caption_tokens: Annotated[
+        int | None, typer.Option(help="Caption tokens kept (dapt: 64, caption: 128)." + _R)
+    ] = None,
     image_size: Annotated[int, typer.Option(help="Input size of the tiny-blip preset.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    eval_every: Annotated[int, typer.Option(help="Validation every N steps (0: only at the end).")] = 500,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Validation every N steps (0: only at the end)." + _R)
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu or cuda; CUDA runs use mixed precision (--no-amp: fp32).")
+    ] = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = True,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
     ] = False,
 ) -> None:
-    """Train BLIP VQA on a dataset folder (full weights, or LoRA with --lora)."""
-    _need("torch", "transformers", "peft", "safetensors")
-    from edgevqa.config import TrainConfig
-    from edgevqa.train import train as run_train
+    """Train BLIP VQA, or pretrain / caption-tune it for a later VQA run (see --recipe).
 
-    cfg = TrainConfig(
+    Settings, lowest precedence first: the built-in defaults, the recipe's (edgevqa/train/recipes.py),
+    then the flags given here. The resolved settings are saved in RUN/config.json.
+    """
+    _need("torch", "transformers", "peft", "safetensors")
+    from edgevqa.train import train as run_train
+    from edgevqa.train.recipes import config_for
+
+    cfg = config_for(
+        recipe,
         base=base,
+        init=str(init) if init else None,
         data=str(data),
         out=str(out),
+        train_part=train_part,
         lora=lora,
         lora_r=lora_r,
         lora_alpha=2 * lora_r,
@@ -197,20 +251,45 @@ def train(
         epochs=epochs,
         max_steps=max_steps,
         lr=lr,
+        min_lr=min_lr,
         warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
         batch_size=batch_size,
+        grad_accum=grad_accum,
+        patience=patience,
+        max_caption_tokens=max_caption_tokens,
         image_size=image_size,
         seed=seed,
         eval_every=eval_every,
+        device=device,
+        amp=amp,
     )
     run = run_train(cfg, resume=resume)
-    report = json.loads((run / "eval.json").read_text())
+    for line in _train_summary(run, json.loads((run / "eval.json").read_text())):
+        typer.echo(line)
+
+
+def _train_summary(run: Path, report: dict) -> list[str]:
+    """What the run reached, in one line, and the command to run next."""
+    nan = float("nan")
+    if report.get("recipe") in ("dapt", "dapt-sd", "caption"):
+        val = report.get("val", {})
+        what = (
+            f"val caption loss {val.get('loss', nan):.3f}"
+            if report["recipe"] == "caption"
+            else f"val itc+itm+lm {val.get('total', nan):.3f}, "
+            f"image->text recall@1 {val.get('i2t_recall@1', nan):.3f}"
+        )
+        return [
+            f"run written to {run}; {what}",
+            f"next: edgevqa train --recipe vqa --init {run} --data VQA_DIR --out {run}-vqa",
+        ]
     test = report.get("test") or report.get("val", {})
-    typer.echo(
-        f"run written to {run}; test exact match {test.get('accuracy', {}).get('overall', float('nan')):.3f} "
-        f"(majority baseline {test.get('baseline', {}).get('overall', float('nan')):.3f})"
-    )
-    typer.echo(f"next: edgevqa export {run} --out {run}-bundle")
+    return [
+        f"run written to {run}; test exact match {test.get('accuracy', {}).get('overall', nan):.3f} "
+        f"(majority baseline {test.get('baseline', {}).get('overall', nan):.3f})",
+        f"next: edgevqa export {run} --out {run}-bundle",
+    ]
 
 
 @app.command()
@@ -287,8 +366,10 @@ def export(
 
 @app.command()
 def ask(
-    image: Annotated[str, typer.Argument(help="Image file (PNG, JPEG, ...).")],
     model: Annotated[Path, typer.Option(help="Bundle folder written by `edgevqa export`.")],
+    image: Annotated[
+        str | None, typer.Argument(help="Image file (PNG, JPEG, DICOM, ...); not with --batch.")
+    ] = None,
     question: Annotated[str | None, typer.Argument(help="Question about the image.")] = None,
     more: Annotated[
         list[str],
@@ -298,6 +379,21 @@ def ask(
             help="Another question about the same " "image (repeatable); the image is encoded once.",
         ),
     ] = [],  # noqa: B006
+    batch: Annotated[
+        Path | None,
+        typer.Option(help="JSON-lines questions file ({image, question, id?} per line); needs --out."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="With --batch: answers file, appended as answers come; re-run to resume."),
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(help="DICOM: window CENTRE,WIDTH in modality units (e.g. 40,400); default: the file's."),
+    ] = None,
+    frame: Annotated[
+        int | None, typer.Option(help="DICOM: frame of a multi-frame file, from 1 (default: the middle).")
+    ] = None,
     rank: Annotated[
         bool, typer.Option(help="Closed questions: score the candidates instead of generating.")
     ] = False,
@@ -306,6 +402,7 @@ def ask(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON line per question, with timings.")
     ] = False,
+    progress: Annotated[bool, typer.Option(help="With --batch: a progress bar on stderr.")] = True,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
     backend: Annotated[
         str,
@@ -315,9 +412,34 @@ def ask(
         ),
     ] = "auto",
 ) -> None:
-    """Answer questions about an image from a bundle (torch-free runtime)."""
+    """Answer questions about an image (or a JSON-lines batch) from a bundle (torch-free runtime)."""
+    from edgevqa.runtime.dicom import DicomOptions, parse_window
+
+    dicom = DicomOptions(window=parse_window(window) if window else None, frame=frame)
+    cands = tuple(c.strip() for c in candidates.split(",") if c.strip())
+    if batch is not None:
+        _ask_batch(
+            model,
+            image,
+            question,
+            more,
+            batch,
+            out,
+            dicom,
+            rank,
+            cands,
+            precision,
+            progress,
+            threads,
+            backend,
+        )
+        return
+    if image is None:
+        raise InputError('no image: edgevqa ask IMAGE "QUESTION" --model BUNDLE (or --batch FILE --out FILE)')
+    if out is not None:
+        raise InputError("--out goes with --batch (answers to a single image are printed)")
     from edgevqa.runtime import VQAPipeline
-    from edgevqa.runtime.images import load_image
+    from edgevqa.runtime.images import is_dicom_source, load_image
     from edgevqa.runtime.session import use_global_pool
 
     use_global_pool(threads)  # this process is ours: one pool for the three graphs
@@ -326,8 +448,9 @@ def ask(
         raise InputError('no question: edgevqa ask IMAGE "QUESTION" (or -q "QUESTION", repeatable)')
     if any(not q.strip() for q in questions):
         raise InputError("the question is empty")
-    cands = tuple(c.strip() for c in candidates.split(",") if c.strip())
-    img = load_image(image)  # bad images fail before the bundle is loaded
+    if (window or frame is not None) and not is_dicom_source(image):
+        raise InputError(f"--window and --frame apply to DICOM files; {image} is not one")
+    img = load_image(image, dicom=dicom)  # bad images fail before the bundle is loaded
     pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads, backend=backend)
     answers = [pipe.rank(img, q, cands) for q in questions] if rank else pipe.ask_many(img, questions)
     for q, ans in zip(questions, answers):
@@ -346,6 +469,109 @@ def ask(
             typer.echo(json.dumps(row))
         else:
             typer.echo(ans.text if len(questions) == 1 else f"{q}\t{ans.text}")
+
+
+def _ask_batch(
+    model: Path,
+    image: str | None,
+    question: str | None,
+    more: list[str],
+    batch: Path,
+    out: Path | None,
+    dicom,  # DicomOptions
+    rank: bool,
+    cands: tuple[str, ...],
+    precision: str | None,
+    progress: bool,
+    threads: int,
+    backend: str,
+) -> None:
+    """`ask --batch`: questions from a JSON-lines file, answers appended to --out as they come."""
+    import functools
+
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.runtime.batch import read_questions, run_batch
+    from edgevqa.runtime.images import load_image
+    from edgevqa.runtime.session import use_global_pool
+
+    if out is None:
+        raise InputError("--batch needs --out FILE (the answers, one JSON line per question)")
+    if image is not None or question is not None or more:
+        raise InputError("--batch takes images and questions from its file; drop IMAGE/QUESTION/-q")
+    if out.resolve() == batch.resolve():
+        raise InputError("--out must not be the --batch questions file")
+    read_questions(batch)  # a missing questions file fails before the bundle is loaded
+    use_global_pool(threads)
+    pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads, backend=backend)
+    answer = functools.partial(pipe.rank, candidates=cands) if rank else pipe.ask
+    summary = run_batch(batch, out, answer, functools.partial(load_image, dicom=dicom), progress=progress)
+    typer.echo(json.dumps({"out": str(out), **summary.__dict__}))
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Bundle folder written by `edgevqa export`.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback: only this machine).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEVQA_TOKEN",
+            show_default=False,
+            help="Bearer token required by every route but /healthz and the page (prefer the env var).",
+        ),
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="Precision to run (default: the bundle's).")] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto, cpu, cuda, tensorrt or trt-engine (as for ask).")
+    ] = "auto",
+    threads: Annotated[int, typer.Option(help="CPU threads for inference (0: all cores).")] = 0,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests admitted at once (running + waiting); more get 503 + Retry-After.")
+    ] = 8,
+    workers: Annotated[
+        int, typer.Option(help="Threads decoding uploads (inference runs one at a time).")
+    ] = 2,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest request body in MB (image or DICOM file).")
+    ] = 32.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest image or DICOM frame, in pixels.")] = 40_000_000,
+    max_question_chars: Annotated[int, typer.Option(help="Longest question, in characters.")] = 500,
+    access_log: Annotated[bool, typer.Option(help="Log one line per request (method, path, status).")] = True,
+) -> None:
+    """Serve the bundle over HTTP: a page for clinicians at /, POST /v1/ask, /metrics, /healthz."""
+    _need("fastapi", "uvicorn", "python_multipart")
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.runtime.session import use_global_pool
+    from edgevqa.serve.app import ServeSettings, build_app, is_loopback, run
+
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        token=token or None,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        max_question_chars=max_question_chars,
+        max_queue=max_queue,
+        workers=workers,
+    )
+    if not is_loopback(host) and settings.token is None:
+        logging.getLogger("edgevqa").warning(
+            "serving on %s without a token: anyone who can reach this port can use the model "
+            "(set EDGEVQA_TOKEN)",
+            host,
+        )
+    use_global_pool(threads)  # this process is ours: one pool for the three graphs
+    pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads, backend=backend)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"serving {pipe.manifest.family} ({pipe.precision}, {pipe.backend}) on http://{shown}:{port}/ "
+        f"(queue {max_queue}{', token required' if settings.token else ''})",
+        err=True,
+    )
+    run(build_app(pipe, settings), settings, access_log=access_log)
 
 
 @app.command()
@@ -379,6 +605,60 @@ def bench(
         report = bench_mod.bench_bundle(model, data, Path(out), run=run, limit=limit)
     typer.echo(bench_mod.markdown_table(report))
     typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Training run folder (PyTorch) or bundle folder (runtime).")],
+    data: Annotated[
+        Path, typer.Option(help="Dataset folder: {split}.jsonl, or {split}.captions.jsonl for a caption run.")
+    ],
+    split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (eval.json, eval.md, predictions.jsonl).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Evaluate the first N questions only (0: all).")] = 0,
+    samples: Annotated[
+        int, typer.Option(help="Sampled answers per question for robustness (paper 003: 5; 0: skip).")
+    ] = 5,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample from the k most likely tokens (0: all).")] = 50,
+    top_p: Annotated[float, typer.Option(help="Sample from the smallest set reaching this mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (question i uses (seed, i)).")] = 0,
+    precision: Annotated[
+        str | None, typer.Option(help="Bundle: precision to run (default: its own).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="Bundle: auto, cpu, cuda, tensorrt or trt-engine.")] = "auto",
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+) -> None:
+    """Exact match, edit similarity and robustness of a run or a bundle on a dataset split
+    (BLEU, ROUGE-L and CIDEr of a caption run on captions)."""
+    from edgevqa.evaluate import EvalConfig, markdown, model_kind, run_eval
+
+    cfg = EvalConfig(
+        model=model,
+        data=str(data),
+        split=split,
+        out=str(out) if out else "",
+        limit=limit,
+        samples=samples,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        precision=precision,
+        backend=backend,
+        threads=threads,
+    )
+    if model_kind(model) == "run":
+        _need("torch", "transformers", "peft", "safetensors")
+    else:
+        from edgevqa.runtime.session import use_global_pool
+
+        use_global_pool(threads)  # this process is ours: one pool for the three graphs
+    report = run_eval(cfg)
+    typer.echo(markdown(report))
+    typer.echo(f"report: {cfg.out_dir / 'eval.md'}")
 
 
 @app.command()

@@ -75,3 +75,19 @@ def test_torch_side_commands_name_the_extra_when_torch_is_missing(tmp_path):
         assert p.returncode == 2, p.stderr
         assert "pip install" in p.stderr and "torch==2.13.0" in p.stderr and "Traceback" not in p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dicom_batch_and_serve_modules_import_without_torch():
+    p = run_py(
+        "import pathlib, sys\n"
+        "import edgevqa.runtime.batch, edgevqa.runtime.dicom\n"
+        "import edgevqa.serve.app, edgevqa.serve.engine, edgevqa.serve.metrics, edgevqa.serve.middleware\n"
+        "import edgevqa.serve.upload\n"
+        "import pydicom\n"
+        "from edgevqa.runtime.images import load_image\n"
+        "img = load_image(pathlib.Path(pydicom.__file__).parent / 'data' / 'test_files' / 'CT_small.dcm')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers', 'peft'})\n"
+        "print(img.size, heavy)"
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "(128, 128) []"

@@ -11,6 +11,9 @@ bomb) becomes one :class:`~edgevqa.errors.InputError` line. Valid but unusual im
   8 bits. PIL's ``convert("RGB")`` (and so HF) clips every value above 255 to white, which turns a
   12- or 16-bit radiograph into a blank white square; stretching keeps its contrast. This is the
   one place where we knowingly differ from HF.
+* DICOM files (``DICM`` at byte 128, or a ``.dcm`` name) go to :mod:`edgevqa.runtime.dicom`
+  (pydicom, the ``dicom`` extra): one frame, modality LUT, window or VOI LUT, MONOCHROME1
+  inverted, then the same :func:`to_rgb`.
 * EXIF orientation is applied (``ImageOps.exif_transpose``), as HF's own ``load_image`` does for a
   path. HF's image processor does *not* rotate an already opened ``PIL.Image``, so training code
   should load its images with :func:`load_image` too (then both sides see the upright image).
@@ -32,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgevqa.errors import InputError
+from edgevqa.runtime.dicom import DicomOptions, is_dicom
 
 DEFAULT_MAX_PIXELS = 64_000_000
 HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -39,22 +43,34 @@ HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError)
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: str | Path | bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    dicom: DicomOptions | None = None,
+    name: str | None = None,
+) -> Image.Image:
     """Open, check and decode an image file (or its bytes) into an upright RGB image.
 
     Args:
-        source: a path to an image file, or the encoded bytes of one.
+        source: a path to an image or DICOM file, or the encoded bytes of one.
         max_pixels: refuse images with more pixels than this (checked on the header, before decoding).
+        dicom: window and frame for DICOM files (default: the file's own); ignored for other images.
+        name: how to call ``source`` in messages, and a ``.dcm`` name marks bytes as DICOM.
 
     Returns:
         A fully loaded ``PIL.Image.Image`` in mode ``"RGB"``, detached from the file.
 
     Raises:
         InputError: the file is missing, a directory, unreadable, not an image, truncated or corrupt,
-            empty, or larger than ``max_pixels``.
+            empty, or larger than ``max_pixels``; a DICOM that cannot be converted.
+        MissingDependencyError: a DICOM file, and pydicom is not installed.
     """
-    name = "<image bytes>" if isinstance(source, bytes) else str(source)
+    label = name or ("<image bytes>" if isinstance(source, bytes) else str(source))
     fp = io.BytesIO(source) if isinstance(source, bytes) else _check_path(Path(source))
+    if is_dicom_source(source, name):
+        from edgevqa.runtime.dicom import read_dicom
+
+        return to_rgb(read_dicom(source, dicom, max_pixels=_effective_limit(max_pixels), name=label))
     # PIL's own bomb check warns at MAX_IMAGE_PIXELS and raises at twice that; we apply our limit
     # instead (without touching PIL's global), so its warning is noise and its error is reworded.
     limit = _effective_limit(max_pixels)
@@ -63,15 +79,27 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
         try:
             img = Image.open(fp)
         except Image.DecompressionBombError as e:
-            raise InputError(_too_large(name, _pixels_in(e), None, limit)) from None
+            raise InputError(_too_large(label, _pixels_in(e), None, limit)) from None
         except UnidentifiedImageError:
-            raise InputError(f"{name} is not an image PIL can read (PNG, JPEG, TIFF, BMP, ...)") from None
+            raise InputError(f"{label} is not an image PIL can read (PNG, JPEG, TIFF, BMP, ...)") from None
         except FileNotFoundError:  # removed since _check_path looked
-            raise InputError(f"image not found: {name}") from None
+            raise InputError(f"image not found: {label}") from None
         except PermissionError:
-            raise InputError(f"cannot read {name}: permission denied") from None
+            raise InputError(f"cannot read {label}: permission denied") from None
         with img:
-            return _decode(img, name, limit)
+            return _decode(img, label, limit)
+
+
+def is_dicom_source(source: str | Path | bytes, name: str | None = None) -> bool:
+    """True when ``source`` (a path or bytes) is a DICOM file: ``DICM`` at byte 128, or a ``.dcm`` name."""
+    if isinstance(source, bytes):
+        return is_dicom(source[:132], name or "")
+    try:
+        with open(source, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False  # load_image reports the missing or unreadable file itself
+    return is_dicom(head, name or str(source))
 
 
 def _check_path(path: Path) -> Path:
