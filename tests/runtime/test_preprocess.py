@@ -76,3 +76,25 @@ def test_no_convert_needs_rgb():
     assert preprocess(IMAGES["one_pixel"], spec).shape == (1, 3, 4, 4)
     with pytest.raises(InputError, match="expected an RGB image, got mode 'L'"):
         preprocess(IMAGES["gray_500x300"], spec)
+
+
+@pytest.mark.parametrize("resample", ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"])
+def test_grey_images_take_the_one_band_path_with_identical_values(resample, monkeypatch):
+    """R = G = B images are resized as one band; PIL resizes bands independently, so the
+    result must equal the three-band path bit for bit (down, up and odd sizes)."""
+    from edgevqa.runtime import preprocess as pre
+
+    rng = np.random.default_rng(0)
+    for h, w in [(37, 53), (300, 700), (16, 16)]:
+        g = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        rgb = Image.fromarray(np.stack([g, g, g], -1), "RGB")
+        assert pre.single_band(rgb) is not None
+        for size in [(64, 64), (17, 29)]:
+            spec = ImageSpec(size[1], size[0], OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resample=resample)
+            one_band = pre.preprocess(rgb, spec)
+            with monkeypatch.context() as m:
+                m.setattr(pre, "single_band", lambda image: None)
+                three_bands = pre.preprocess(rgb, spec)
+            assert np.array_equal(one_band, three_bands)
+    colour = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
+    assert pre.single_band(colour) is None
