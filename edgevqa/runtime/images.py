@@ -90,6 +90,25 @@ def load_image(
             return _decode(img, label, limit)
 
 
+def read_source(source: str | Path, max_bytes: int) -> bytes | None:
+    """The bytes of an image file, or None when it is larger than ``max_bytes``.
+
+    Raises:
+        InputError: the path is missing, a directory or unreadable (as ``load_image`` says it).
+    """
+    path = _check_path(Path(source))
+    try:
+        if path.stat().st_size > max_bytes:
+            return None
+        return path.read_bytes()
+    except FileNotFoundError:  # removed since _check_path looked
+        raise InputError(f"image not found: {path}") from None
+    except PermissionError:
+        raise InputError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path} ({e.strerror or e})") from None
+
+
 def is_dicom_source(source: str | Path | bytes, name: str | None = None) -> bool:
     """True when ``source`` (a path or bytes) is a DICOM file: ``DICM`` at byte 128, or a ``.dcm`` name."""
     if isinstance(source, bytes):

@@ -22,7 +22,7 @@ from edgevqa.bundle import TOKENIZER, Manifest, load_manifest, verify_files
 from edgevqa.errors import BundleError, InputError
 from edgevqa.runtime import backends
 from edgevqa.runtime.decoding import DecodingOptions, SamplingOptions, greedy, sample
-from edgevqa.runtime.images import load_image
+from edgevqa.runtime.images import load_image, read_source
 from edgevqa.runtime.preprocess import preprocess
 from edgevqa.runtime.session import make_session
 from edgevqa.runtime.tokenizer import QuestionTokenizer
@@ -30,6 +30,7 @@ from edgevqa.runtime.tokenizer import QuestionTokenizer
 SUPPORTED_FAMILIES = ("blip-vqa",)
 GRAPHS = ("vision_encoder", "question_encoder", "decoder_step")
 MAX_QUESTION_CHARS = 2000
+MAX_HASHED_FILE_BYTES = 64 * 1024 * 1024  # larger files are decoded from disk, not held to be hashed
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class VQAPipeline:
         # follow-up questions about an image skip the vision graph: encodings keyed by a hash of
         # the pixels the encoder would see, so the same picture in another file or format hits too
         self._encodings: OrderedDict[str, ImageEncoding] = OrderedDict()
+        self._files: OrderedDict[str, str] = OrderedDict()  # sha256 of a file's bytes -> pixel key
         self.image_cache = image_cache
         t = manifest.text
         self.options = DecodingOptions(
@@ -122,17 +124,39 @@ class VQAPipeline:
     def encode_image(self, image: Any) -> ImageEncoding:
         """The image's cross-attention keys and values, [L,1,H,N,d] each, for a path, bytes or
         PIL image (cached by content)."""
-        return self._encode(self._pixels(image))[0]
-
-    def _pixels(self, image: Any) -> np.ndarray:
-        img = image if hasattr(image, "mode") else load_image(image)
-        return preprocess(img, self.manifest.image)
+        return self._encoding(image)[0]
 
     def forget_images(self) -> None:
         """Empty the cache of image encodings."""
         self._encodings.clear()
+        self._files.clear()
 
-    def _encode(self, pixels: np.ndarray) -> tuple[ImageEncoding, bool]:
+    def _encoding(self, image: Any) -> tuple[ImageEncoding, bool]:
+        """The encoding of ``image`` and whether it came from the cache."""
+        src, file_key = self._read(image)
+        return (src, True) if isinstance(src, ImageEncoding) else self._encode(src, file_key)
+
+    def _read(self, image: Any) -> tuple[np.ndarray | ImageEncoding, str | None]:
+        """The pixels of ``image`` and the sha256 of its file's bytes (None for a PIL image) - or,
+        when the same bytes were encoded before, their cached encoding: a repeated file is then
+        neither decoded nor preprocessed (~6 ms of a 384 px answer)."""
+        spec = self.manifest.image
+        if hasattr(image, "mode"):
+            return preprocess(image, spec), None
+        if self.image_cache <= 0:  # no cache: nothing to look up
+            return preprocess(load_image(image), spec), None
+        data = image if isinstance(image, bytes) else read_source(image, MAX_HASHED_FILE_BYTES)
+        if data is None:  # too large to hold in memory for hashing: decoded from disk
+            return preprocess(load_image(image), spec), None
+        file_key = hashlib.sha256(data).hexdigest()
+        pixel_key = self._files.get(file_key)
+        if pixel_key is not None and (hit := self._encodings.get(pixel_key)) is not None:
+            self._encodings.move_to_end(pixel_key)
+            return hit, file_key
+        name = None if isinstance(image, bytes) else str(image)
+        return preprocess(load_image(data, name=name), spec), file_key
+
+    def _encode(self, pixels: np.ndarray, file_key: str | None = None) -> tuple[ImageEncoding, bool]:
         def run() -> ImageEncoding:
             key, value = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})
             return ImageEncoding(key, value)
@@ -140,6 +164,10 @@ class VQAPipeline:
         if self.image_cache <= 0:  # no cache: no reason to hash the pixels
             return run(), False
         digest = hashlib.sha256(pixels.tobytes()).hexdigest()
+        if file_key is not None:
+            self._files[file_key] = digest
+            while len(self._files) > 4 * self.image_cache:  # aliases only: a few bytes each
+                self._files.popitem(last=False)
         if (hit := self._encodings.get(digest)) is not None:
             self._encodings.move_to_end(digest)
             return hit, True
@@ -218,9 +246,9 @@ class VQAPipeline:
         """Answer several questions about one image; the image is read and encoded once."""
         t0 = time.perf_counter()
         ids = [self.question_ids(q) for q in questions]  # fail on a bad question before the image
-        pixels = self._pixels(image)
+        src, file_key = self._read(image)
         t1 = time.perf_counter()
-        encoding, cached = self._encode(pixels)
+        encoding, cached = (src, True) if isinstance(src, ImageEncoding) else self._encode(src, file_key)
         t2 = time.perf_counter()
         answers = []
         for i, q_ids in enumerate(ids):
@@ -256,7 +284,7 @@ class VQAPipeline:
         if n < 1:
             raise InputError(f"the number of samples must be at least 1, got {n}")
         q_ids = self.question_ids(question)
-        encoding, _ = self._encode(self._pixels(image))
+        encoding, _ = self._encoding(image)
         cross_k, cross_v = self._cross(encoding, q_ids)
         opts = options or self.options
         out: list[list[int]] = []
@@ -290,7 +318,7 @@ class VQAPipeline:
             raise InputError("rank mode needs at least two candidate answers")
         t0 = time.perf_counter()
         q_ids = self.question_ids(question)
-        encoding, cached = self._encode(self._pixels(image))
+        encoding, cached = self._encoding(image)
         seqs = [self._candidate_ids(c) for c in candidates]
         width = max(len(x) for x in seqs)
         pad = self.manifest.text.pad_id

@@ -47,6 +47,25 @@ def test_image_cache_is_bounded(pipe, tmp_path):
     assert pipe.ask(paths[0], "is there a lesion?").image_cached
 
 
+def test_a_repeated_file_is_not_decoded_again_and_a_changed_one_is(pipe, tmp_path, monkeypatch):
+    """The same bytes again: the cached encoding comes back without decoding or preprocessing.
+    New bytes under the same path (a rewritten file) are decoded: the key is the content."""
+    from edgevqa.runtime import pipeline as pl
+
+    pipe.forget_images()
+    path = tmp_path / "x.png"
+    Image.new("L", (32, 32), 10).save(path)
+    first = pipe.ask(path, "is there a lesion?")
+    decoded = []
+    real = pl.load_image
+    monkeypatch.setattr(pl, "load_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    again = pipe.ask(path, "is there a lesion?")
+    assert again.image_cached and decoded == [] and again.token_ids == first.token_ids
+    assert pipe.ask(path.read_bytes(), "is there a lesion?").image_cached and decoded == []
+    Image.new("L", (32, 32), 200).save(path)  # same name, other pixels
+    assert not pipe.ask(path, "is there a lesion?").image_cached and decoded == [1]
+
+
 def test_sequence_log_probs_by_hand():
     probs = np.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]], [[0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]]])
     targets = np.array([[0, 1], [2, 0]])
