@@ -455,17 +455,7 @@ def ask(
     answers = [pipe.rank(img, q, cands) for q in questions] if rank else pipe.ask_many(img, questions)
     for q, ans in zip(questions, answers):
         if as_json:
-            row = {
-                "question": q,
-                "answer": ans.text,
-                "token_ids": ans.token_ids,
-                "precision": pipe.precision,
-                "backend": pipe.backend,
-                "image_cached": ans.image_cached,
-                "timings_ms": ans.timings_ms,
-            }
-            if ans.scores is not None:
-                row["scores"] = ans.scores
+            row = {"question": q, **ans.to_json(), "precision": pipe.precision, "backend": pipe.backend}
             typer.echo(json.dumps(row))
         else:
             typer.echo(ans.text if len(questions) == 1 else f"{q}\t{ans.text}")

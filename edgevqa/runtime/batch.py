@@ -223,15 +223,7 @@ def _answer_one(q: Question, images: _LastImage, answer: Callable[[Image.Image, 
         ans = answer(images.get(q.image), q.question)
     except EdgeVQAError as e:
         return head | {"error": f"line {q.line}: {e}"}
-    rec = head | {
-        "answer": ans.text,
-        "token_ids": ans.token_ids,
-        "image_cached": ans.image_cached,
-        "timings_ms": ans.timings_ms,
-    }
-    if ans.scores is not None:
-        rec["scores"] = ans.scores
-    return rec
+    return head | ans.to_json()
 
 
 class _LastImage:

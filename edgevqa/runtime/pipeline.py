@@ -50,6 +50,16 @@ class Answer:
     image_cached: bool = False  # the image's encoding was reused (cache or earlier question): no vision pass
     scores: dict[str, float] | None = None  # rank mode: total log-probability of each candidate
 
+    def to_json(self) -> dict[str, Any]:
+        """The answer as one JSON record (``ask --json``, ``ask --batch``)."""
+        row = {
+            "answer": self.text,
+            "token_ids": self.token_ids,
+            "image_cached": self.image_cached,
+            "timings_ms": self.timings_ms,
+        }
+        return row if self.scores is None else {**row, "scores": self.scores}
+
 
 class VQAPipeline:
     def __init__(
