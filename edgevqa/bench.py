@@ -130,7 +130,7 @@ def targets(m: Any, machine: Any) -> dict[str, dict[str, str]]:
     out = {}
     for p in m.precisions:
         if p in m.trt:
-            if machine.offers("trt-engine") and rb.engine_mismatch(m.trt[p]["built_for"], machine) is None:
+            if rb.engine_mismatch(m.trt[p]["built_for"], machine) is None:  # also: no GPU or TensorRT
                 out[p] = {"precision": p, "runtime_backend": "trt-engine"}
             continue
         for b in ("cpu", "cuda", "tensorrt"):

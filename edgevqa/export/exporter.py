@@ -234,7 +234,7 @@ class Validator:
 
         from edgevqa.runtime import VQAPipeline
 
-        backend = "trt-engine" if p.startswith("trt-") else "cpu"  # ONNX precisions: validated on CPU
+        backend = "trt-engine" if p in tensorrt.SOURCES else "cpu"  # ONNX precisions: validated on CPU
         pipe = VQAPipeline.from_bundle(root, precision=p, verify=False, backend=backend)
         graphs = validate.compare_graphs(self.model, self.spec, pipe.sessions, self.feeds)
         ids, texts = [], []

@@ -354,9 +354,10 @@ def choose(m: Manifest, precision: str | None, backend: str, machine: backends.M
         raise BundleError(f"precision {precision!r} is not in this bundle; it has {sorted(m.precisions)}")
     engines = sorted(m.trt)
     if precision is None and backend in ("auto", "trt-engine") and engines:
-        usable = backend == "trt-engine" or (
-            machine.offers("trt-engine")
-            and backends.engine_mismatch(m.trt[engines[0]]["built_for"], machine) is None
+        # engine_mismatch also says why when the machine has no GPU or TensorRT at all
+        usable = (
+            backend == "trt-engine"
+            or backends.engine_mismatch(m.trt[engines[0]]["built_for"], machine) is None
         )
         precision = engines[0] if usable else None
     precision = precision or m.default_precision
