@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from edgevqa.config import CALIB_METHODS as METHODS  # one list: the config checks the option
+
 log = logging.getLogger("edgevqa.export")
-METHODS = ("minmax", "entropy", "percentile")
 
 
 class _Recorder:
