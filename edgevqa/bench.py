@@ -229,6 +229,8 @@ def bench_arch(
         raw, sizes = _measure_arch(
             arch, work, precisions, list(vocabulary()), repeats, answer_tokens, question_tokens
         )
+        uses = arch_uses(arch, question_tokens, answer_tokens)
+        floors = matmul_floors(work / "bundle" / "fp32", uses, precisions, work / "floor")
     ref = raw["torch-fp32"]
     backends = {}
     for name, r in raw.items():
@@ -250,6 +252,9 @@ def bench_arch(
             fu = latency_stats(r["follow_up_ms"])
             backends[name]["follow_up_ms"] = fu
             backends[name]["follow_up_speedup_vs_torch"] = latency_stats(ref["latency_ms"])["p50"] / fu["p50"]
+    torch_p50 = latency_stats(ref["latency_ms"])["p50"]
+    for f in floors.values():
+        f["max_speedup_vs_torch"] = torch_p50 / f["ms"]
     report = {
         "kind": "arch",
         "arch": arch,
@@ -257,6 +262,7 @@ def bench_arch(
         "question_tokens": question_tokens,
         "repeats": repeats,
         "backends": backends,
+        "matmul_floor": floors,
         "machine": machine(),
         "note": "random weights: accuracy is not meaningful and not reported",
     }
@@ -293,6 +299,35 @@ def _measure_arch(
         raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
         sizes[name] = dir_bytes([bundle / f for f in m.precisions[t["precision"]].values()])
     return raw, sizes
+
+
+def arch_uses(arch: str, question_tokens: int, answer_tokens: int) -> list[Any]:
+    """How one answer of the random-weight ``arch`` uses its graphs (floor.Use): BLIP's vision
+    encoder sees the patches and the class token, the question encoder the question, and the
+    decoder step one new token per call."""
+    from edgevqa import floor
+    from edgevqa.train import models
+
+    v = models.blip_config(arch).vision_config
+    return [
+        floor.Use("vision_encoder", (v.image_size // v.patch_size) ** 2 + 1, 1),
+        floor.Use("question_encoder", question_tokens, 1),
+        floor.Use("decoder_step", 1, answer_tokens),
+    ]
+
+
+def matmul_floors(
+    fp32_dir: Path, uses: list[Any], precisions: tuple[str, ...], work: Path
+) -> dict[str, dict[str, Any]]:
+    """floor.py for each CPU precision of a bundle (fp16 is for GPUs; calibrated int8 needs data)."""
+    from edgevqa import floor
+    from edgevqa.export.quantize import QUANTIZERS
+
+    return {
+        p: floor.measure(fp32_dir, uses, p, work)
+        for p in precisions
+        if p == "fp32" or (p in QUANTIZERS and p != "fp16")
+    }
 
 
 def build_arch_bundle(
@@ -391,6 +426,18 @@ def markdown_table(report: dict[str, Any]) -> str:
             for name, r in b.items()
             if "follow_up_ms" in r
         ]
+        if report.get("matmul_floor"):
+            rows.append(
+                "\nMatmul floor: the bundle's weight matmuls alone, quantized as the precision, each "
+                "graph's timed on this machine at the rows of one answer (fastest of several runs), times "
+                "its calls per answer. Attention, normalization and activations are not counted, so an "
+                "answer with these weights takes longer than this here.\n\n"
+                "| precision | floor ms | at most x faster than torch |\n|---|---|---|"
+            )
+            rows += [
+                f"| {p} | {f['ms']:.1f} | {f['max_speedup_vs_torch']:.2f}x |"
+                for p, f in report["matmul_floor"].items()
+            ]
         return "\n".join(rows)
     rows = [
         "| backend | overall | closed | open | agreement | p50 ms | p95 ms | cold start s | peak RSS MB | "

@@ -56,8 +56,15 @@ def test_bench_arch_fixed_length_answers(tmp_path):
     for name in ("onnx-fp32", "onnx-int8"):  # a further question reuses the image encoding
         assert b[name]["follow_up_ms"]["n"] == 2 and b[name]["follow_up_speedup_vs_torch"] > 0
     assert "follow_up_ms" not in b["torch-fp32"]
+    floors = report["matmul_floor"]  # the weight matmuls alone, per CPU precision
+    assert set(floors) == {"fp32", "int8"}
+    for f in floors.values():
+        assert set(f["by_graph"]) == {"vision_encoder", "question_encoder", "decoder_step"}
+        assert f["by_graph"]["decoder_step"]["calls"] == 4 and f["by_graph"]["vision_encoder"]["rows"] == 17
+        assert f["ms"] == sum(g["ms"] for g in f["by_graph"].values()) > 0
+        assert f["max_speedup_vs_torch"] == b["torch-fp32"]["latency_ms"]["p50"] / f["ms"]
     md = (tmp_path / "arch" / "report.md").read_text()
-    assert "speed-up vs torch" in md and "4 tokens" in md and "same image" in md
+    assert "speed-up vs torch" in md and "4 tokens" in md and "same image" in md and "Matmul floor" in md
 
 
 def test_bench_targets_are_every_backend_and_precision_the_machine_runs(bundle):

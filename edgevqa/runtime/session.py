@@ -41,7 +41,11 @@ def default_threads() -> int:
     return max(1, n or 1)
 
 
-def session_options(threads: int, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+def session_options(
+    threads: int, level: ort.GraphOptimizationLevel, spin: bool = False
+) -> ort.SessionOptions:
+    """Options for a session in this process's pool, or in its own pool of ``threads`` (0: every
+    core) that spins only with ``spin`` (for one session timed alone, as in floor.py)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = level
     so.log_severity_level = 3
@@ -50,7 +54,7 @@ def session_options(threads: int, level: ort.GraphOptimizationLevel) -> ort.Sess
     else:
         so.intra_op_num_threads = threads or default_threads()
         so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
 
 
