@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +72,178 @@ def test_builder_flags_per_precision():
     assert trt_export.SOURCES == {"trt-fp16": "fp32", "trt-int8": "int8-static"}
     with pytest.raises(InputError, match="TensorRT precision"):
         trt_export.builder_flags("fp16")
+
+
+def test_layers_are_traced_to_their_onnx_nodes_by_the_parsers_names():
+    nodes = {"/text_decoder/cls/predictions/transform/dense/MatMul", "/a/MatMul"}
+    assert trt_export.from_node("/a/MatMul", nodes)
+    assert trt_export.from_node("/a/MatMul_12", nodes)  # a further layer of the same node
+    assert not trt_export.from_node("/a/MatMul_x", nodes)
+    assert not trt_export.from_node("/a/MatMul2", nodes)
+    assert not trt_export.from_node("/b/MatMul", nodes)
+
+
+class _FakeTrt:
+    """What pin_fp32 uses of the tensorrt module: layer types and data types."""
+
+    class LayerType:
+        NORMALIZATION, SOFTMAX, REDUCE, MATRIX_MULTIPLY, SHUFFLE = range(5)
+
+    float32, float16, int64 = "float32", "float16", "int64"
+
+
+class _Layer:
+    def __init__(self, name, kind, dtype):
+        self.name, self.type, self.precision, self.num_outputs = name, kind, None, 1
+        self.dtype, self.output_types = dtype, {}
+
+    def get_output(self, i):
+        return type("Out", (), {"dtype": self.dtype})()
+
+    def set_output_type(self, i, t):
+        self.output_types[i] = t
+
+
+def test_fp16_engines_pin_fragile_layers_and_the_kept_nodes_to_fp32():
+    T = _FakeTrt.LayerType
+    layers = [
+        _Layer("/ln/LayerNormalization", T.NORMALIZATION, "float16"),
+        _Layer("/attn/Softmax", T.SOFTMAX, "float32"),
+        _Layer("/shape/ReduceProd", T.REDUCE, "int64"),  # a shape computation: left alone
+        _Layer("/dense/MatMul", T.MATRIX_MULTIPLY, "float16"),  # kept by the fallback
+        _Layer("/dense/MatMul_3", T.SHUFFLE, "float16"),  # another layer of the same node
+        _Layer("/other/MatMul", T.MATRIX_MULTIPLY, "float16"),
+    ]
+    network = type("Net", (), {"num_layers": len(layers), "get_layer": lambda self, i: layers[i]})()
+    trt_export.pin_fp32(_FakeTrt, network, ["/dense/MatMul"])
+    pinned = [la.name for la in layers if la.precision == "float32"]
+    assert pinned == ["/ln/LayerNormalization", "/attn/Softmax", "/dense/MatMul", "/dense/MatMul_3"]
+    assert all(la.output_types == {0: "float32"} for la in layers if la.name in pinned)
+    assert layers[2].precision is None and layers[5].precision is None
+
+
+TARGET = "transform.dense"  # the LM head's transform: in decoder_step and decoder_first
+
+
+def _ruining(convert):
+    """``convert`` (an fp16 or int8 conversion) as a TensorRT whose kernels ruin TARGET, unless
+    the fallback keeps that node in fp32."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgevqa.export.fallback import _scope
+
+    def ruin(src, dst, exclude=()):
+        m = onnx.load(str(src))
+        inits = {i.name: i for i in m.graph.initializer}
+        for node in m.graph.node:
+            if node.op_type == "MatMul" and _scope(node) == TARGET and node.name not in exclude:
+                w = inits[node.input[1]]
+                noise = np.random.default_rng(1).standard_normal(tuple(w.dims)).astype(np.float32)
+                w.CopyFrom(numpy_helper.from_array(noise * 10, w.name))
+        with tempfile.TemporaryDirectory() as tmp:  # same file name: quantizers go by the graph's name
+            ruined = Path(tmp) / Path(src).name
+            onnx.save(m, str(ruined))
+            convert(ruined, Path(dst), exclude)
+        return dst
+
+    return ruin
+
+
+def _engines_as_onnx(monkeypatch, make_engine) -> list:
+    """No GPU here: an "engine" is an ONNX graph under the .plan name, written by
+    ``make_engine(onnx_path, engine_path, keep_fp32)`` and run by onnxruntime; the machine looks
+    like the GPU box the engines were built for. Returns the builds, in order."""
+    import onnxruntime as ort
+
+    from edgevqa.runtime import trt as runtime_trt
+
+    builds = []
+
+    def build_engine(onnx_path, engine_path, profile, precision, timing_cache=None, keep_fp32=(), **kw):
+        builds.append((engine_path.stem, sorted(keep_fp32)))
+        return make_engine(onnx_path, engine_path, keep_fp32)
+
+    monkeypatch.setattr(trt_export, "build_engine", build_engine)
+    monkeypatch.setattr(trt_export, "device_info", lambda: BUILT_HERE)
+    monkeypatch.setattr(backends, "probe", lambda: GPU_BOX)
+    monkeypatch.setattr(
+        runtime_trt,
+        "TrtGraph",
+        lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
+    )
+    return builds
+
+
+def _check_engine_fallback(out: Path, p: str, builds: list, stand_in: str) -> None:
+    from edgevqa.bundle import load_manifest
+
+    fid = json.loads((out / "fidelity.json").read_text())
+    rep = fid["precisions"][p]
+    fb = rep["fallback"]
+    assert float(fb["reason"].split()[2]) < 0.95  # the engines did fail first
+    kept = {(e["graph"], e["node"]) for e in fb["kept_fp32"]}
+    assert {e["scope"] for e in fb["kept_fp32"]} == {TARGET}
+    assert {g for g, _ in kept} == {"decoder_step", "decoder_first"}
+    assert stand_in in fb["measure"]
+    assert rep["answer_agreement"] >= 0.95 and fid["passed"]
+    last = dict(builds)  # each graph's last build is what shipped
+    if p == "trt-fp16":  # pinned layers; int8 engines keep nodes through their Q/DQ graph instead
+        assert {(g, n) for g, nodes in last.items() for n in nodes} == kept
+    m = load_manifest(out)  # sealed: every file matches its sha256
+    assert p in m.precisions
+    assert not [f for f in out.rglob("*") if ".fallback" in str(f)]  # no scratch left in the bundle
+
+
+def test_a_failing_fp16_engine_is_rebuilt_with_its_sensitive_matmuls_pinned(lora_run, tmp_path, monkeypatch):
+    """The fake TensorRT ruins the LM head's transform in fp16; the real export must find the
+    layer on the CPU stand-ins (fp16 ONNX graphs), rebuild the engines with it pinned to fp32,
+    and ship a bundle that passes the gate."""
+    from edgevqa.config import ExportConfig
+    from edgevqa.export import exporter
+    from edgevqa.export.quantize import convert_fp16
+
+    ruin = _ruining(convert_fp16)
+    builds = _engines_as_onnx(monkeypatch, ruin)
+    monkeypatch.setitem(exporter.QUANTIZERS, "fp16", ruin)  # the stand-in sees what the engine does
+    out = tmp_path / "bundle"
+    cfg = ExportConfig(
+        run=str(lora_run), out=str(out), precisions=["fp32"], trt=True, validate_limit=30, min_agreement=0.95
+    )
+    exporter.export(cfg, progress=False)
+    _check_engine_fallback(out, "trt-fp16", builds, "fp16 ONNX graphs")
+
+
+def test_a_failing_int8_engine_is_rebuilt_from_a_qdq_graph_that_keeps_them(lora_run, tmp_path, monkeypatch):
+    """The same for int8 engines: kept nodes are left unquantized in the Q/DQ graph the engine
+    is rebuilt from. The int8-static ONNX precision fails too, and ships through its own fallback."""
+    import shutil
+
+    from edgevqa.config import ExportConfig
+    from edgevqa.export import calibrate, exporter
+
+    calibrated = calibrate.static_int8  # the real calibrated Q/DQ quantizer, ruining TARGET
+    monkeypatch.setattr(calibrate, "static_int8", lambda feeds, method: _ruining(calibrated(feeds, method)))
+
+    def engine_from(onnx_path, engine_path, keep_fp32):
+        assert not keep_fp32  # int8 engines are never pinned
+        shutil.copyfile(onnx_path, engine_path)
+        return engine_path
+
+    builds = _engines_as_onnx(monkeypatch, engine_from)
+    out = tmp_path / "bundle"
+    cfg = ExportConfig(
+        run=str(lora_run),
+        out=str(out),
+        precisions=["fp32", "int8-static"],
+        trt=True,
+        validate_limit=30,
+        min_agreement=0.95,
+    )
+    exporter.export(cfg, progress=False)
+    _check_engine_fallback(out, "trt-int8", builds, "int8-static Q/DQ graphs")
+    fid = json.loads((out / "fidelity.json").read_text())
+    assert {e["scope"] for e in fid["precisions"]["int8-static"]["fallback"]["kept_fp32"]} == {TARGET}
 
 
 def test_trt_precisions_follow_the_precision_option():

@@ -101,16 +101,17 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         if "int8-static" in precisions:
             with step("calibrate"):
                 quantizers["int8-static"] = calibrated_int8(tmp, spec, cfg, cfg.calibrate or data)
+        engines = None
         if built_for is not None:
             with step("tensorrt"):
                 limits = tensorrt.Limits(cfg.trt_max_batch, tcfg.max_question_tokens, tcfg.max_answer_tokens)
-                tensorrt.build_engines(tmp, manifest, spec.exported(True), cfg, limits, built_for)
+                engines = tensorrt.build_engines(tmp, manifest, spec.exported(True), cfg, limits, built_for)
         with step("validate"):
             images = images_for(image_spec)
             ref = generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress)
             feeds = validate.graph_inputs(model, enc, images, n=8, bos=tok.bos_token_id)
             v = Validator(model, spec, enc, records, ref, feeds, progress)
-            fidelity = validate_bundle(tmp, v, cfg, [*precisions, *cfg.trt_precisions], quantizers)
+            fidelity = validate_bundle(tmp, v, cfg, [*precisions, *cfg.trt_precisions], quantizers, engines)
             fidelity["merge"] = merged.report or {"lora": False}
         verdict(fidelity, cfg)  # recorded in fidelity.json, also when --force ships it anyway
         atomic.write_json(tmp / bundle.FIDELITY, fidelity)
@@ -249,10 +250,15 @@ class Validator:
 
 
 def validate_bundle(
-    root: Path, v: Validator, cfg: ExportConfig, precisions: list[str], quantizers: dict[str, Any]
+    root: Path,
+    v: Validator,
+    cfg: ExportConfig,
+    precisions: list[str],
+    quantizers: dict[str, Any],
+    engines: tensorrt.EngineBuild | None = None,
 ) -> dict[str, Any]:
-    """fidelity.json: every precision against PyTorch; failing quantized ONNX ones get the fallback
-    (TensorRT engines do not: their gate failure names the ONNX precision to ship instead)."""
+    """fidelity.json: every precision against PyTorch; a failing quantized precision or TensorRT
+    engine gets the fallback (its most sensitive MatMuls kept in fp32)."""
     recs = v.records
     report: dict[str, Any] = {
         "split": "val",
@@ -260,19 +266,78 @@ def validate_bundle(
         "min_agreement": cfg.min_agreement,
         "precisions": {},
     }
+    fp32 = root / "fp32"
     for p in precisions:
         rep = v.precision(root, p)
-        if p in quantizers and rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
-            rep = fallback_precision(root, p, v, cfg, rep, quantizers[p])
+        if rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
+            if p in quantizers:
+
+                def requantize(g: str, nodes: list[str], q: Any = quantizers[p], p: str = p) -> None:
+                    q(fp32 / f"{g}.onnx", root / p / f"{g}.onnx", nodes)
+
+                rep = fallback_precision(root, p, v, cfg, rep, root / p, requantize)
+            elif engines is not None and p in tensorrt.SOURCES:
+                with engine_fallback(root, p, v.spec, engines, quantizers) as (stand_in, rebuild):
+                    rep = fallback_precision(root, p, v, cfg, rep, stand_in, rebuild)
+                rep["fallback"]["measure"] += f" (engines: measured on {STAND_INS[p]})"
         report["precisions"][p] = rep
     report["torch_accuracy"] = record_accuracy(v.ref.texts, recs)
     return report
 
 
+# what stands in for an engine on the CPU when the fallback measures which MatMuls to keep in fp32
+STAND_INS = {
+    "trt-fp16": "the fp16 ONNX graphs as the export makes them",
+    "trt-int8": "the int8-static Q/DQ graphs the engines are built from",
+}
+
+
+@contextlib.contextmanager
+def engine_fallback(
+    root: Path, p: str, spec: specs.FamilySpec, engines: tensorrt.EngineBuild, quantizers: dict[str, Any]
+) -> Iterator[tuple[Path, Any]]:
+    """For a TensorRT precision: ONNX graphs that stand in for its engines, so that per-MatMul
+    errors are measured on the CPU (STAND_INS, made without exclusions: a fallback of the ONNX
+    precision must not hide a node), and how to rebuild one graph's engine with nodes in fp32:
+    pinned layers in an fp16 engine, nodes left unquantized in the Q/DQ graph of an int8 one."""
+    import tempfile
+
+    fp32 = root / "fp32"
+    make = quantizers[{"trt-fp16": "fp16", "trt-int8": "int8-static"}[p]]
+    with tempfile.TemporaryDirectory(prefix=".fallback-", dir=root) as tmp:
+        stand_in = Path(tmp) / "stand-in"
+        stand_in.mkdir()
+        for g in spec.exported(True):
+            if (fp32 / f"{g.name}.onnx").exists():
+                make(fp32 / f"{g.name}.onnx", stand_in / f"{g.name}.onnx", [])
+
+        def rebuild(g: str, nodes: list[str]) -> None:
+            if p == "trt-fp16":
+                engines.graph(p, spec.graph(g), fp32 / f"{g}.onnx", keep_fp32=nodes)
+            else:
+                src = Path(tmp) / f"{g}.onnx"
+                make(fp32 / f"{g}.onnx", src, nodes)
+                engines.graph(p, spec.graph(g), src)
+
+        yield stand_in, rebuild
+
+
 def fallback_precision(
-    root: Path, p: str, v: Validator, cfg: ExportConfig, first: dict[str, Any], quantize: Any
+    root: Path,
+    p: str,
+    v: Validator,
+    cfg: ExportConfig,
+    first: dict[str, Any],
+    measured: Path,
+    rebuild: Any,
 ) -> dict:
-    """Keep the MatMuls most hurt by quantization in fp32 (1, 2, 4, ... of them) until answers agree."""
+    """Keep the MatMuls most hurt by ``p`` in fp32 (1, 2, 4, ... of them) until answers agree.
+
+    Args:
+        measured: the graphs whose per-MatMul errors rank the nodes (p's own ONNX graphs, or
+            stand-ins for engines).
+        rebuild: ``rebuild(graph, nodes)`` writes p's graph again with ``nodes`` kept in fp32.
+    """
     from edgevqa.export.fallback import exclusion_schedule, local_errors
 
     fp32 = root / "fp32"
@@ -280,7 +345,7 @@ def fallback_precision(
     graphs = [g for g in v.spec.graphs if (fp32 / f"{g.name}.onnx").exists()]
     for g in graphs:
         feeds = [{k: t.numpy() for k, t in f.items()} for f in v.feeds[g.name]]
-        errors += local_errors(g.name, fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", feeds)
+        errors += local_errors(g.name, fp32 / f"{g.name}.onnx", measured / f"{g.name}.onnx", feeds)
     errors.sort(key=lambda e: -e.rel_error)
     log.info(
         "%s: answer agreement %.4f < %.2f; most sensitive: %s",
@@ -294,8 +359,8 @@ def fallback_precision(
         keep = errors[:k]
         for g in graphs:
             nodes = [e.node for e in keep if e.graph == g.name]
-            if nodes != excluded[g.name]:  # re-quantize only the graphs whose exclusions changed
-                quantize(fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx", nodes)
+            if nodes != excluded[g.name]:  # rebuild only the graphs whose exclusions changed
+                rebuild(g.name, nodes)
                 excluded[g.name] = nodes
         rep = v.precision(root, p)
         attempts.append({"kept_fp32": k, "answer_agreement": rep["answer_agreement"]})

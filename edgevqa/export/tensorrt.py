@@ -10,6 +10,10 @@ without a GPU; only ``build_engine`` needs tensorrt and a CUDA device.
 * ``trt-int8``: explicit quantization from the int8-static (QDQ) graphs: TensorRT takes the
   scales from the Q/DQ nodes, no calibrator; layers without Q/DQ run in fp16.
 
+When an engine fails the fidelity gate, the export rebuilds it with its most sensitive MatMuls
+kept in fp32 (``EngineBuild.graph``): pinned layers in an fp16 engine, nodes left unquantized in
+the Q/DQ graph of an int8 one.
+
 The decoder is two engines: ``decoder_first`` (no cache in) and ``decoder_step`` (past >= 1),
 as an engine's profile cannot admit a zero-length past. A timing cache next to the bundle
 (``--trt-timing-cache``) makes rebuilds for the same GPU fast.
@@ -18,6 +22,7 @@ as an engine's profile cannot admit a zero-length past. A timing cache next to t
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,8 +135,10 @@ def build_engine(
     precision: str,
     timing_cache: Path | None = None,
     workspace_gib: float = 4.0,
+    keep_fp32: Collection[str] = (),
 ) -> Path:
-    """Parse ``onnx_path``, build a serialized engine for this GPU and write it atomically."""
+    """Parse ``onnx_path``, build a serialized engine for this GPU and write it atomically.
+    ``keep_fp32``: ONNX node names whose layers stay fp32 in an fp16 engine (the gate's fallback)."""
     trt = require()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -145,7 +152,9 @@ def build_engine(
     for flag in builder_flags(precision):
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if precision == "trt-fp16":
-        pin_fp32(trt, network)
+        pin_fp32(trt, network, keep_fp32)
+    elif keep_fp32:  # int8 engines keep nodes in fp32 by leaving them unquantized in the Q/DQ graph
+        raise ValueError(f"{precision} keeps nodes in fp32 through its ONNX graph, not by pinning layers")
     opt = builder.create_optimization_profile()
     for name, (lo, mid, hi) in profile.shapes.items():
         opt.set_shape(name, lo, mid, hi)
@@ -162,17 +171,27 @@ def build_engine(
     return engine_path
 
 
-def pin_fp32(trt: Any, network: Any) -> None:
-    """Keep the numerically fragile layers (FP32_LAYERS) in fp32 inside an fp16 engine."""
+def pin_fp32(trt: Any, network: Any, nodes: Collection[str] = ()) -> None:
+    """Keep the numerically fragile layers (FP32_LAYERS), and the layers of ``nodes`` (ONNX node
+    names), in fp32 inside an fp16 engine."""
     kinds = {getattr(trt.LayerType, k) for k in FP32_LAYERS if hasattr(trt.LayerType, k)}
     floats = (trt.float32, trt.float16)
+    nodes = set(nodes)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
+        chosen = layer.type in kinds or from_node(layer.name, nodes)
         # only float computations: reductions over shapes (int64) stay as they are
-        if layer.type in kinds and layer.num_outputs and layer.get_output(0).dtype in floats:
+        if chosen and layer.num_outputs and layer.get_output(0).dtype in floats:
             layer.precision = trt.float32
             for j in range(layer.num_outputs):
                 layer.set_output_type(j, trt.float32)
+
+
+def from_node(layer: str, nodes: Collection[str]) -> bool:
+    """Whether a layer came from one of these ONNX nodes. TensorRT's ONNX parser names a node's
+    layer after the node, and further layers of it (or a name already taken) "<node>_<n>"."""
+    base, _, n = layer.rpartition("_")
+    return layer in nodes or (n.isdigit() and base in nodes)
 
 
 def device_info() -> dict[str, str]:
@@ -190,9 +209,25 @@ def device_info() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class EngineBuild:
+    """How this export builds engines; kept so that the fidelity fallback can rebuild one."""
+
+    root: Path  # the bundle being written
+    limits: Limits
+    timing_cache: Path | None
+
+    def graph(self, precision: str, g: GraphSpec, onnx_path: Path, keep_fp32: Collection[str] = ()) -> dict:
+        """Build ``precision``'s engine of graph ``g`` from ``onnx_path``; returns its profile."""
+        prof = profile(g, fixed_dims(onnx_path), self.limits)
+        engine = self.root / precision / f"{g.name}.plan"
+        build_engine(onnx_path, engine, prof, precision, self.timing_cache, keep_fp32=keep_fp32)
+        return prof.to_json()
+
+
 def build_engines(
     root: Path, manifest: Any, graphs: tuple[GraphSpec, ...], cfg: Any, limits: Limits, built_for: dict
-) -> None:
+) -> EngineBuild:
     """Engines for every TensorRT precision of ``cfg``, from the bundle's ONNX graphs in ``root``;
     records them (files, profiles, the GPU they are for) in ``manifest`` and rewrites it."""
     from edgevqa import bundle
@@ -201,15 +236,12 @@ def build_engines(
     cache = Path(cfg.trt_timing_cache) if cfg.trt_timing_cache else None
     if cache is None and (base := optcache.cache_root()) is not None:
         cache = base / "tensorrt-timing.cache"
+    build = EngineBuild(root, limits, cache)
     for p in cfg.trt_precisions:
         src = SOURCES[p]
         (root / p).mkdir()
-        shapes = {}
-        for g in graphs:
-            onnx_path = root / src / f"{g.name}.onnx"
-            prof = profile(g, fixed_dims(onnx_path), limits)
-            build_engine(onnx_path, root / p / f"{g.name}.plan", prof, p, cache)
-            shapes[g.name] = prof.to_json()
+        shapes = {g.name: build.graph(p, g, root / src / f"{g.name}.onnx") for g in graphs}
         manifest.precisions[p] = {g.name: f"{p}/{g.name}.plan" for g in graphs}
         manifest.trt[p] = {"built_for": built_for, "source": src, "profiles": shapes}
     bundle.write_manifest(root, manifest)
+    return build
