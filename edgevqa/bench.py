@@ -5,6 +5,9 @@ not compete for cores and each peak RSS belongs to one backend. Reported per bac
 accuracy (overall / closed / open / per category), agreement with PyTorch's answers, latency per
 answer (p50, p95, mean, std over all timed answers), peak RSS, bytes on disk; plus the
 majority-answer baseline. Output: report.json, report.md and latency_vs_agreement.png.
+
+``--arch`` (``bench_arch``) times a random-weight full-size architecture instead, and adds each
+CPU precision's matmul floor (floor.py): what its weight matmuls alone cost per answer here.
 """
 
 from __future__ import annotations
