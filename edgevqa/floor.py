@@ -130,6 +130,7 @@ def measure(
     fastest of ``repeats`` runs (a bound from below should not carry the machine's noise; the
     median is kept beside it) times its calls per answer; ``ms`` is the sum."""
     quantize = quantizer(precision)
+    log.info("matmul floor %s: timing the weight matmuls of %s", precision, ", ".join(u.graph for u in uses))
     work.mkdir(parents=True, exist_ok=True)
     by_graph, total = {}, 0.0
     for u in uses:
