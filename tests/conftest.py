@@ -26,6 +26,33 @@ sys.meta_path.insert(0, _Block())
 """
 
 
+def ruining(convert, scope: str):
+    """``convert(src, dst, exclude)`` (a quantizer or precision conversion) that also wrecks the
+    weight of every MatMul from the torch module ``scope`` (random noise x 10), except the nodes
+    in ``exclude``: a layer the fidelity gate must find and keep in fp32."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from edgevqa.export.fallback import _scope
+
+    def ruin(src, dst, exclude=()):
+        m = onnx.load(str(src))
+        inits = {i.name: i for i in m.graph.initializer}
+        for node in m.graph.node:
+            if node.op_type == "MatMul" and _scope(node) == scope and node.name not in exclude:
+                w = inits[node.input[1]]
+                noise = np.random.default_rng(1).standard_normal(tuple(w.dims)).astype(np.float32)
+                w.CopyFrom(numpy_helper.from_array(noise * 10, w.name))
+        with tempfile.TemporaryDirectory() as tmp:  # same file name: quantizers go by the graph's name
+            ruined = Path(tmp) / Path(src).name
+            onnx.save(m, str(ruined))
+            convert(ruined, Path(dst), exclude)
+        return dst
+
+    return ruin
+
+
 def edgevqa_cmd(*args: str, block_torch: bool = False) -> list[str]:
     """argv that runs the CLI with this interpreter (optionally with torch blocked)."""
     code = (

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ruining
 
 from edgevqa.bundle import load_manifest
 from edgevqa.config import ExportConfig
@@ -114,30 +115,11 @@ def test_export_input_errors(tmp_path, bundle, lora_run):
 def test_fallback_keeps_the_broken_layer_in_fp32(lora_run, tmp_path, monkeypatch):
     """One layer that int8 breaks: the gate finds it by its measured local error, keeps it in
     fp32, and the bundle ships with answers that agree again."""
-    import onnx
-    from onnx import numpy_helper
-
     from edgevqa.export import exporter
-    from edgevqa.export.fallback import _scope
     from edgevqa.export.quantize import quantize_int8
 
     target = "transform.dense"
-
-    def breaks_one_layer(src, dst, exclude=()):
-        m = onnx.load(str(src))
-        inits = {i.name: i for i in m.graph.initializer}
-        for node in m.graph.node:
-            if node.op_type == "MatMul" and _scope(node) == target and node.name not in exclude:
-                w = inits[node.input[1]]
-                a = numpy_helper.to_array(w)
-                noise = np.random.default_rng(1).standard_normal(a.shape).astype(np.float32)
-                w.CopyFrom(numpy_helper.from_array(noise * 10, w.name))
-        broken_src = dst.with_suffix(".broken.onnx")
-        onnx.save(m, str(broken_src))
-        quantize_int8(broken_src, dst, exclude)
-        broken_src.unlink()
-        return dst
-
+    breaks_one_layer = ruining(quantize_int8, target)
     monkeypatch.setitem(exporter.QUANTIZERS, "int8", breaks_one_layer)
     out = tmp_path / "bundle"
     exporter.export(ExportConfig(run=str(lora_run), out=str(out), validate_limit=30), progress=False)

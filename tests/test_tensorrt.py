@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import edgevqa_cmd
+from conftest import edgevqa_cmd, ruining
 
 from edgevqa.errors import BundleError, InputError
 from edgevqa.export import specs
@@ -125,31 +124,6 @@ def test_fp16_engines_pin_fragile_layers_and_the_kept_nodes_to_fp32():
 TARGET = "transform.dense"  # the LM head's transform: in decoder_step and decoder_first
 
 
-def _ruining(convert):
-    """``convert`` (an fp16 or int8 conversion) as a TensorRT whose kernels ruin TARGET, unless
-    the fallback keeps that node in fp32."""
-    import onnx
-    from onnx import numpy_helper
-
-    from edgevqa.export.fallback import _scope
-
-    def ruin(src, dst, exclude=()):
-        m = onnx.load(str(src))
-        inits = {i.name: i for i in m.graph.initializer}
-        for node in m.graph.node:
-            if node.op_type == "MatMul" and _scope(node) == TARGET and node.name not in exclude:
-                w = inits[node.input[1]]
-                noise = np.random.default_rng(1).standard_normal(tuple(w.dims)).astype(np.float32)
-                w.CopyFrom(numpy_helper.from_array(noise * 10, w.name))
-        with tempfile.TemporaryDirectory() as tmp:  # same file name: quantizers go by the graph's name
-            ruined = Path(tmp) / Path(src).name
-            onnx.save(m, str(ruined))
-            convert(ruined, Path(dst), exclude)
-        return dst
-
-    return ruin
-
-
 def _engines_as_onnx(monkeypatch, make_engine) -> list:
     """No GPU here: an "engine" is an ONNX graph under the .plan name, written by
     ``make_engine(onnx_path, engine_path, keep_fp32)`` and run by onnxruntime; the machine looks
@@ -203,7 +177,7 @@ def test_a_failing_fp16_engine_is_rebuilt_with_its_sensitive_matmuls_pinned(lora
     from edgevqa.export import exporter
     from edgevqa.export.quantize import convert_fp16
 
-    ruin = _ruining(convert_fp16)
+    ruin = ruining(convert_fp16, TARGET)
     builds = _engines_as_onnx(monkeypatch, ruin)
     monkeypatch.setitem(exporter.QUANTIZERS, "fp16", ruin)  # the stand-in sees what the engine does
     out = tmp_path / "bundle"
@@ -223,7 +197,9 @@ def test_a_failing_int8_engine_is_rebuilt_from_a_qdq_graph_that_keeps_them(lora_
     from edgevqa.export import calibrate, exporter
 
     calibrated = calibrate.static_int8  # the real calibrated Q/DQ quantizer, ruining TARGET
-    monkeypatch.setattr(calibrate, "static_int8", lambda feeds, method: _ruining(calibrated(feeds, method)))
+    monkeypatch.setattr(
+        calibrate, "static_int8", lambda feeds, method: ruining(calibrated(feeds, method), TARGET)
+    )
 
     def engine_from(onnx_path, engine_path, keep_fp32):
         assert not keep_fp32  # int8 engines are never pinned
