@@ -16,29 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgevqa import atomic
 from edgevqa.bench import latency_stats, machine
+from edgevqa.floor import timed
 
 M, K, N = 577, 768, 3072
-
-
-def timed(fn: Callable[[], Any], repeats: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    ms = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ms.append(1e3 * (time.perf_counter() - t))
-    return ms
 
 
 def onnxruntime_gemms(w: np.ndarray, x: np.ndarray, repeats: int, threads: int) -> dict[str, list[float]]:
@@ -65,7 +52,7 @@ def onnxruntime_gemms(w: np.ndarray, x: np.ndarray, repeats: int, threads: int) 
             so.intra_op_num_threads = threads
             so.log_severity_level = 3
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            out[name] = timed(lambda s=sess: s.run(None, {"x": x}), repeats)
+            out[name] = timed(lambda s=sess: s.run(None, {"x": x}), repeats, warmup=5)
     return out
 
 
@@ -79,9 +66,9 @@ def torch_gemms(w: np.ndarray, x: np.ndarray, repeats: int, threads: int) -> dic
         lin.weight.copy_(torch.from_numpy(w.T.copy()))
     xt = torch.from_numpy(x)
     with torch.inference_mode():
-        out["torch fp32"] = timed(lambda: lin(xt), repeats)
+        out["torch fp32"] = timed(lambda: lin(xt), repeats, warmup=5)
         lb, xb = torch.nn.Linear(K, N).to(torch.bfloat16).eval(), xt.to(torch.bfloat16)
-        out["torch bf16"] = timed(lambda: lb(xb), repeats)
+        out["torch bf16"] = timed(lambda: lb(xb), repeats, warmup=5)
         for engine in torch.backends.quantized.supported_engines:
             if engine in ("none", "qnnpack"):  # qnnpack: the engine for ARM phones
                 continue
@@ -91,10 +78,10 @@ def torch_gemms(w: np.ndarray, x: np.ndarray, repeats: int, threads: int) -> dic
                 q = torch.ao.quantization.quantize_dynamic(
                     torch.nn.Sequential(lin), {torch.nn.Linear}, torch.qint8
                 )
-            out[f"torch int8 dynamic ({engine})"] = timed(lambda q=q: q(xt), repeats)
+            out[f"torch int8 dynamic ({engine})"] = timed(lambda q=q: q(xt), repeats, warmup=5)
         a = torch.randint(-128, 128, (M + (-M % 8), K), dtype=torch.int8)  # _int_mm wants rows % 8 == 0
         b = torch.randint(-128, 128, (K, N), dtype=torch.int8)
-        out["torch._int_mm (bare int8 x int8)"] = timed(lambda: torch._int_mm(a, b), repeats)
+        out["torch._int_mm (bare int8 x int8)"] = timed(lambda: torch._int_mm(a, b), repeats, warmup=5)
     return out
 
 

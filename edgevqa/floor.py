@@ -98,12 +98,18 @@ def time_graph(path: Path, repeats: int, warmup: int = 3, threads: int = 0) -> l
         if shape not in buffers:
             buffers[shape] = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32)
         binding.bind_ortvalue_output(o.name, buffers[shape])
+    return timed(lambda: sess.run_with_iobinding(binding), repeats, warmup)
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     ms = []
-    for r in range(warmup + repeats):
+    for _ in range(repeats):
         t = time.perf_counter()
-        sess.run_with_iobinding(binding)
-        if r >= warmup:
-            ms.append(1e3 * (time.perf_counter() - t))
+        fn()
+        ms.append(1e3 * (time.perf_counter() - t))
     return ms
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -300,8 +301,6 @@ def engine_fallback(
     errors are measured on the CPU (STAND_INS, made without exclusions: a fallback of the ONNX
     precision must not hide a node), and how to rebuild one graph's engine with nodes in fp32:
     pinned layers in an fp16 engine, nodes left unquantized in the Q/DQ graph of an int8 one."""
-    import tempfile
-
     fp32 = root / "fp32"
     make = quantizers[{"trt-fp16": "fp16", "trt-int8": "int8-static"}[p]]
     with tempfile.TemporaryDirectory(prefix=".fallback-", dir=root) as tmp:
