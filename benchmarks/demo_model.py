@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edgevqa.bench import bench_bundle, markdown_table
+from edgevqa.bench.runner import bench_bundle, markdown_table
 
 
 def main() -> None:

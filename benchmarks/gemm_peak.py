@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from edgevqa import atomic
-from edgevqa.bench import latency_stats, machine
-from edgevqa.floor import timed
+from edgevqa.bench.floor import timed
+from edgevqa.bench.runner import latency_stats, machine
 
 M, K, N = 577, 768, 3072
 

@@ -35,3 +35,12 @@ def require(module: str) -> ModuleType:
         raise MissingDependencyError(
             f"{module} is not installed ({e}); {hint}pip install 'edgevqa[{extra}]'"
         ) from None
+
+
+def hub_offline_hint(offline: bool) -> str:
+    """What to say when a Hugging Face id could not be read: the local-folder alternative."""
+    where = "HF_HUB_OFFLINE=1 is set" if offline else "no network or no local cache of it"
+    return (
+        f" ({where}; pass a local folder saved with save_pretrained instead: "
+        "`huggingface-cli download ID --local-dir DIR` on a machine with network, then --base DIR)"
+    )

@@ -29,7 +29,9 @@ from typing import Any
 from edgevqa.errors import BundleError
 
 # 2: the vision graph outputs the image's cross-attention keys/values (was: image embeddings)
-SCHEMA_VERSION = 2
+# 3: model families: text.eos_ids, family_config (a 2 is a BLIP bundle and still loads)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (2, 3)
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 FIDELITY = "fidelity.json"
@@ -51,19 +53,25 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class TextSpec:
-    """Token ids and lengths the runtime needs; decoding stops at ``sep_id``."""
+    """Token ids and lengths the runtime needs; decoding stops at any of ``eos``."""
 
-    bos_id: int  # first decoder token ([DEC] for BLIP)
-    sep_id: int  # end of answer ([SEP]); what generate() stops on
+    bos_id: int  # first decoder token ([DEC] for BLIP, <bos> for Gemma)
+    sep_id: int  # end of answer ([SEP], <eos>); what generate() stops on
     pad_id: int
-    max_question_tokens: int
+    max_question_tokens: int  # BLIP: question ids with specials; prefix LMs: the prompt text's ids
     max_answer_tokens: int
     clean_up_tokenization_spaces: bool = True
+    eos_ids: tuple[int, ...] = ()  # every id generate() stops on (Gemma may list several)
+
+    @property
+    def eos(self) -> tuple[int, ...]:
+        return tuple(self.eos_ids) or (self.sep_id,)
 
 
 @dataclass(frozen=True)
 class DecoderSpec:
-    """Shape of the stacked KV cache: past_key/past_value are [layers, batch, heads, past, head_dim]."""
+    """Shape of the stacked KV cache: past_key/past_value are [layers, batch, heads, past, head_dim]
+    (``num_heads``: the key/value heads, fewer than the query heads with grouped-query attention)."""
 
     num_layers: int
     num_heads: int
@@ -92,6 +100,7 @@ class Manifest:
     # TensorRT precisions (trt-fp16, trt-int8; their engines are listed in ``precisions``) ->
     # {"built_for": {gpu, compute_capability, tensorrt}, "source": ONNX precision, "profiles": ...}
     trt: dict[str, dict[str, Any]] = field(default_factory=dict)
+    family_config: dict[str, Any] = field(default_factory=dict)  # what one family's runtime needs
     schema_version: int = SCHEMA_VERSION
 
     def graph_path(self, bundle: str | Path, precision: str, graph: str) -> Path:
@@ -112,7 +121,7 @@ class Manifest:
                 image=ImageSpec(
                     **{**d["image"], "mean": tuple(d["image"]["mean"]), "std": tuple(d["image"]["std"])}
                 ),
-                text=TextSpec(**d["text"]),
+                text=TextSpec(**{**d["text"], "eos_ids": tuple(d["text"].get("eos_ids", ()))}),
                 decoder=DecoderSpec(**d["decoder"]),
                 graphs={k: GraphIO(tuple(v["inputs"]), tuple(v["outputs"])) for k, v in d["graphs"].items()},
                 precisions=d["precisions"],
@@ -121,6 +130,7 @@ class Manifest:
                 source=d.get("source", {}),
                 versions=d.get("versions", {}),
                 trt=d.get("trt", {}),
+                family_config=d.get("family_config", {}),
                 schema_version=d["schema_version"],
             )
         except (KeyError, TypeError, AttributeError) as e:
@@ -172,10 +182,10 @@ def load_manifest(bundle: str | Path, precision: str | None = None, verify: bool
         raise BundleError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{path} is not an edgevqa manifest")
-    if raw.get("schema_version") != SCHEMA_VERSION:
+    if raw.get("schema_version") not in READABLE_SCHEMAS:
         raise BundleError(
             f"bundle schema_version {raw.get('schema_version')!r} is not supported by this edgevqa "
-            f"(expects {SCHEMA_VERSION}); re-export it with this version"
+            f"(reads {', '.join(map(str, READABLE_SCHEMAS))}); re-export it with this version"
         )
     m = Manifest.from_dict(raw)
     if precision is not None and precision not in m.precisions:

@@ -585,7 +585,7 @@ def bench(
 ) -> None:
     """Latency, memory and fidelity: PyTorch vs every ONNX precision, in one run."""
     _need("torch", "transformers")
-    from edgevqa import bench as bench_mod
+    from edgevqa.bench import runner as bench_mod
 
     if arch:
         report = bench_mod.bench_arch(arch, Path(out), repeats=repeats, answer_tokens=answer_tokens)
@@ -623,7 +623,7 @@ def eval_cmd(
 ) -> None:
     """Exact match, edit similarity and robustness of a run or a bundle on a dataset split
     (BLEU, ROUGE-L and CIDEr of a caption run on captions)."""
-    from edgevqa.evaluate import EvalConfig, markdown, model_kind, run_eval
+    from edgevqa.eval.evaluate import EvalConfig, markdown, model_kind, run_eval
 
     cfg = EvalConfig(
         model=model,

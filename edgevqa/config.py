@@ -17,7 +17,7 @@ from edgevqa.errors import InputError
 PRECISIONS = ("fp32", "int8", "fp16", "int8-static", "int4")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # Training recipes; their default settings live in edgevqa/train/recipes.py (torch-free).
-RECIPES = ("default", "vqa", "dapt", "dapt-sd", "caption")
+RECIPES = ("default", "vqa", "dapt", "dapt-sd", "caption", "projector", "lora")
 CAPTION_RECIPES = ("dapt", "dapt-sd", "caption")  # these read {split}.captions.jsonl
 TRAIN_PARTS = ("full", "decoder", "encoder")
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,7 +29,13 @@ class TrainConfig:
     """default, vqa, dapt, dapt-sd or caption: which objective the loop optimises. A recipe's default
     settings are applied by ``edgevqa.train.recipes.config_for`` (and the CLI), not by this field."""
     base: str = "tiny-blip"
-    """Preset (tiny-blip), Hugging Face id (Salesforce/blip-vqa-base), local model folder or previous RUN."""
+    """Preset (tiny-blip, tiny-paligemma), Hugging Face id (Salesforce/blip-vqa-base,
+    google/paligemma-3b-pt-224), local model folder or previous RUN."""
+    family: str = ""
+    """The model family of the base (blip-vqa, paligemma); found from the base when training starts."""
+    prompt: str = ""
+    """Prefix-LM families: the prompt template around the question, with a literal {question}
+    (default: the family's, PaliGemma "answer en {question}")."""
     init: str = ""
     """A previous RUN (any recipe) whose model/ starts this run: chains dapt -> vqa. Becomes the base."""
     data: str = ""
@@ -43,6 +49,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value", "qkv"])
+    """BLIP module names; other families adapt their own attention projections (see their train side)."""
     freeze_vision: bool = False
     """Keep the vision encoder's weights fixed (paper 000's fine-tune)."""
     train_part: str = "full"
@@ -52,6 +59,8 @@ class TrainConfig:
     """Stop after this many optimizer steps (0: use epochs)."""
     lr: float = 5e-4
     min_lr: float = 1e-5
+    lr_schedule: str = "cosine"
+    """cosine (from lr to min_lr after the warm-up) or constant (lr after the warm-up; papers 003/004)."""
     warmup_steps: int = 300
     warmup_start_lr: float = 0.0
     """lr of the first warmup step (0: ramp lr*(step+1)/warmup_steps as before); dapt-sd: 5e-9."""
@@ -113,10 +122,12 @@ class TrainConfig:
             (self.max_caption_tokens >= 3, "`--max-caption-tokens` must be >= 3"),
             (self.epochs > 0 or self.max_steps > 0, "`--epochs` or `--max-steps` must be > 0"),
             (self.lr > 0, "`--lr` must be > 0"),
+            (self.lr_schedule in ("cosine", "constant"), "`--lr-schedule` must be cosine or constant"),
             (self.batch_size >= 1, "`--batch-size` must be >= 1"),
             (self.lora_r >= 1, "`--lora-r` must be >= 1"),
             (self.max_answer_tokens >= 1, "`--max-answer-tokens` must be >= 1"),
             (self.image_size >= 16, "`--image-size` must be >= 16"),
+            (not self.prompt or "{question}" in self.prompt, "`--prompt-template` must contain {question}"),
         ]
         for ok, msg in checks:
             if not ok:

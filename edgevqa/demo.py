@@ -40,7 +40,7 @@ FAST = DemoPlan(n_images=300, base_steps=60, lora_steps=20)
 
 
 def run(workdir: Path, fast: bool = False) -> str:
-    from edgevqa import bench
+    from edgevqa.bench import runner as bench
     from edgevqa.data.records import load_split
     from edgevqa.data.synth import SynthConfig, generate
     from edgevqa.export import export
@@ -128,7 +128,7 @@ def edgevqa_command() -> str:
 
 
 def summary(report: dict, train_report: dict, seconds: float, workdir: Path, rec, answer: str) -> str:
-    from edgevqa.bench import markdown_table
+    from edgevqa.bench.runner import markdown_table
 
     lines = [
         "",

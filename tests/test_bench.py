@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edgevqa.bench import bench_bundle
+from edgevqa.bench.runner import bench_bundle
 from edgevqa.bundle import load_manifest
 from edgevqa.data.records import load_split
 
@@ -42,7 +42,7 @@ def test_bench_bundle_report(bundle, synth_data, tmp_path):
 
 def test_bench_arch_fixed_length_answers(tmp_path):
     """--arch on the tiny architecture: same weights on both sides, answers of exactly N tokens."""
-    from edgevqa.bench import bench_arch
+    from edgevqa.bench.runner import bench_arch
 
     report = bench_arch(
         "tiny-blip", tmp_path / "arch", repeats=2, answer_tokens=4, precisions=("fp32", "int8")
@@ -68,7 +68,7 @@ def test_bench_arch_fixed_length_answers(tmp_path):
 
 
 def test_bench_targets_are_every_backend_and_precision_the_machine_runs(bundle):
-    from edgevqa.bench import targets
+    from edgevqa.bench.runner import targets
     from edgevqa.runtime.backends import Gpu, Machine
 
     m = load_manifest(bundle, verify=False)

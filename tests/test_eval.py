@@ -15,7 +15,7 @@ from conftest import edgevqa_cmd
 
 from edgevqa.cli import main
 from edgevqa.data.records import load_split
-from edgevqa.evaluate import EvalConfig, evaluate
+from edgevqa.eval.evaluate import EvalConfig, evaluate
 
 LIMIT = 24
 TABLE1 = "| Method | Overall Acc | Closed Acc | Open Acc | Overall Edit | Closed Edit | Open Edit |"
@@ -120,20 +120,20 @@ def test_runtime_sampling_splits_batches_above_the_engine_limit(bundle, synth_da
     r = load_split(synth_data, "test")[1]
     image = r.image_path(synth_data)
     greedy = pipe.ask(image, r.question).text
-    rows, decoder = [], pipe._decoder
+    rows, step = [], pipe.model.step
 
     def spy(ids, *args, **kw):
         rows.append(ids.shape[0])
-        return decoder(ids, *args, **kw)
+        return step(ids, *args, **kw)
 
-    monkeypatch.setattr(pipe, "_decoder", spy)
+    monkeypatch.setattr(pipe.model, "step", spy)
     cold = pipe.sample(image, r.question, 6, SamplingOptions(temperature=0.0), np.random.default_rng(0))
     assert [a.text for a in cold] == [greedy] * 6
     assert max(rows) == 4 and 2 in rows
 
 
 def test_pytorch_sampling_is_seeded_and_top_k_one_is_greedy(lora_run, synth_data):
-    from edgevqa.evaluate import answer_run
+    from edgevqa.eval.evaluate import answer_run
 
     records = load_split(synth_data, "test")[:6]
 
@@ -219,8 +219,8 @@ def caption_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_caption_run_gets_bleu_rouge_cider(cli, caption_run, tmp_path):
-    from edgevqa.caption_metrics import evaluate_captions
     from edgevqa.data.captions import load_captions
+    from edgevqa.eval.caption_metrics import evaluate_captions
 
     data, run = caption_run
     code, out, err = cli(

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from edgevqa.caption_metrics import bleu, caption_tokens, cider_d, evaluate_captions, lcs_length, rouge_l
 from edgevqa.data.records import VQARecord
-from edgevqa.metrics import (
+from edgevqa.eval.caption_metrics import bleu, caption_tokens, cider_d, evaluate_captions, lcs_length, rouge_l
+from edgevqa.eval.metrics import (
     differing_samples,
     edit_similarity,
     exact_match,

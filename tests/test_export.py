@@ -27,13 +27,13 @@ def test_fidelity_report(bundle):
 def test_runtime_answers_match_transformers_generate(bundle, lora_run, synth_data):
     """Parity with the Hugging Face reference: the torch-free runtime vs generate() on test images."""
     from edgevqa.data.records import load_split
-    from edgevqa.export.merge import merge_run
+    from edgevqa.export.merge import load_run
     from edgevqa.runtime import VQAPipeline
     from edgevqa.train.data import ImageCache, encode_records
     from edgevqa.train.infer import generate_answers
 
     recs = load_split(synth_data, "test")[:12]
-    merged = merge_run(lora_run, None, None).loaded
+    merged = load_run(lora_run).loaded
     enc = encode_records(recs, synth_data, merged.tokenizer, 32, 8)
     ref = generate_answers(merged.model, merged.tokenizer, enc, ImageCache(merged.image), 8)
     pipe = VQAPipeline.from_bundle(bundle, precision="fp32")
@@ -48,17 +48,17 @@ def test_graphs_match_torch_over_a_shape_grid(lora_run):
     import torch
 
     from edgevqa.export import onnx as export_onnx
-    from edgevqa.export import specs
-    from edgevqa.export.merge import merge_run
+    from edgevqa.families import registry as specs
+    from edgevqa.export.merge import load_run
 
-    model = merge_run(lora_run, None, None).loaded.model
+    model = load_run(lora_run).loaded.model
     spec = specs.get("blip-vqa")
     for g in spec.graphs:
         path = lora_run / f"grid-{g.name}.onnx"
         export_onnx.export_graph(model, spec, g.name, path)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for batch, question, past, new in [(1, 5, 0, 1), (3, 9, 4, 1), (2, 3, 2, 3)]:
-            feed = export_onnx.dummy_inputs(model, g.name, batch=batch, question=question, past=past, new=new)
+            feed = export_onnx.dummy_inputs(spec.family, model, g.name, batch=batch, question=question, past=past, new=new)
             with torch.inference_mode():
                 ref = export_onnx.wrapper(spec.family, g.name, model)(**feed)
             ref = ref if isinstance(ref, tuple) else (ref,)

@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgevqa import floor
-from edgevqa.bench import arch_uses
+from edgevqa.bench import floor
+from edgevqa.bench.runner import arch_uses
 
 H, FF = 128, 512  # tiny-blip: hidden and intermediate sizes, 2 vision and 2 text layers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgevqa.metrics import agreement, exact_match, majority_predictions, normalize_answer, vqa_accuracy
+from edgevqa.eval.metrics import agreement, exact_match, majority_predictions, normalize_answer, vqa_accuracy
 
 
 def test_normalize_undoes_wordpiece_spacing():

@@ -15,17 +15,21 @@ def random_step(seed: int):
     """A decoder whose logits depend on the step, the row and the fed id (so choices propagate)."""
     table = np.random.default_rng(seed).normal(0, 2, (16, V, V)).astype(np.float32)
 
-    def step(ids, past_k, past_v):
+    def step(ids, past_k):
         n = past_k.shape[3]
         logits = table[n, ids[:, -1]][:, None, :]
         grown = np.zeros((*past_k.shape[:3], n + 1, past_k.shape[4]), np.float32)
-        return logits, grown, grown
+        return logits, grown
 
     return step
 
 
+def first(batch: int, bos: int = BOS) -> np.ndarray:
+    return np.full((batch, 1), bos, dtype=np.int64)
+
+
 def opts(max_new: int = 6, min_new: int = 0) -> DecodingOptions:
-    return DecodingOptions(BOS, EOS, PAD, max_new_tokens=max_new, min_new_tokens=min_new)
+    return DecodingOptions((EOS,), PAD, max_new_tokens=max_new, min_new_tokens=min_new)
 
 
 def empty(batch: int) -> np.ndarray:
@@ -77,19 +81,22 @@ def test_filters_match_transformers_warpers():
 
 def test_temperature_zero_and_top_k_one_are_greedy():
     for seed in range(5):
-        ref = greedy(random_step(seed), empty(3), 3, opts())
+        ref = greedy(random_step(seed), first(3), empty(3), opts())
         rng = np.random.default_rng(seed)
-        assert sample(random_step(seed), empty(3), 3, opts(), SamplingOptions(temperature=0.0), rng) == ref
-        assert sample(random_step(seed), empty(3), 3, opts(), SamplingOptions(top_k=1), rng) == ref
+        assert (
+            sample(random_step(seed), first(3), empty(3), opts(), SamplingOptions(temperature=0.0), rng)
+            == ref
+        )
+        assert sample(random_step(seed), first(3), empty(3), opts(), SamplingOptions(top_k=1), rng) == ref
         cold = SamplingOptions(temperature=1e-6, top_k=0)  # temperature -> 0
-        assert sample(random_step(seed), empty(3), 3, opts(), cold, rng) == ref
+        assert sample(random_step(seed), first(3), empty(3), opts(), cold, rng) == ref
 
 
 def test_seeds_reproduce_and_rows_draw_independently():
     s = SamplingOptions(temperature=1.5, top_k=0)
 
     def draw(seed: int) -> list[list[int]]:
-        return sample(random_step(0), empty(8), 8, opts(), s, np.random.default_rng(seed))
+        return sample(random_step(0), first(8), empty(8), opts(), s, np.random.default_rng(seed))
 
     assert draw(3) == draw(3)
     assert draw(3) != draw(4)
@@ -99,20 +106,24 @@ def test_seeds_reproduce_and_rows_draw_independently():
 def test_sampling_follows_the_filtered_distribution():
     probs = np.array([0.5, 0.2, 0.15, 0.1, 0.05])
 
-    def step(ids, past_k, past_v):
-        return np.log(np.tile(probs, (ids.shape[0], 1, 1))), past_k, past_v
+    def step(ids, past_k):
+        return np.log(np.tile(probs, (ids.shape[0], 1, 1))), past_k
 
-    o = DecodingOptions(bos_id=9, eos_id=8, pad_id=7, max_new_tokens=1)
+    o = DecodingOptions(eos_ids=(8,), pad_id=7, max_new_tokens=1)
     n = 20000
-    got = np.array(sample(step, empty(n), n, o, SamplingOptions(top_k=0), np.random.default_rng(0)))[:, 0]
+    got = np.array(sample(step, first(n), empty(n), o, SamplingOptions(top_k=0), np.random.default_rng(0)))[
+        :, 0
+    ]
     assert np.bincount(got, minlength=5) / n == pytest.approx(probs, abs=0.015)
-    got = np.array(sample(step, empty(n), n, o, SamplingOptions(top_k=2), np.random.default_rng(0)))[:, 0]
+    got = np.array(sample(step, first(n), empty(n), o, SamplingOptions(top_k=2), np.random.default_rng(0)))[
+        :, 0
+    ]
     assert np.bincount(got, minlength=5) / n == pytest.approx([5 / 7, 2 / 7, 0, 0, 0], abs=0.015)
 
 
 def test_min_new_tokens_and_eos_padding_hold_when_sampling():
     s, rng = SamplingOptions(temperature=2.0, top_k=0), np.random.default_rng(1)
-    for seq in sample(random_step(2), empty(16), 16, opts(max_new=8, min_new=3), s, rng):
+    for seq in sample(random_step(2), first(16), empty(16), opts(max_new=8, min_new=3), s, rng):
         assert EOS not in seq[:3] and len(seq) <= 8
         assert EOS not in seq[:-1]  # a sequence ends at its first eos
 

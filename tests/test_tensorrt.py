@@ -15,7 +15,7 @@ import pytest
 from conftest import edgevqa_cmd, ruining
 
 from edgevqa.errors import BundleError, InputError
-from edgevqa.export import specs
+from edgevqa.families import registry as specs
 from edgevqa.export import tensorrt as trt_export
 from edgevqa.runtime import backends
 from edgevqa.runtime.backends import Gpu, Machine
@@ -355,9 +355,7 @@ def split_bundle(tmp_path_factory, base_run):
     with atomic.directory(out) as tmp:
         write_graphs(loaded.model, SPEC, tmp, ["fp32"], tensorrt=True)
         loaded.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        seal(
-            tmp, make_manifest(loaded.model, loaded.tokenizer, loaded.image, SPEC, ["fp32"], 32, 8, {}, True)
-        )
+        seal(tmp, make_manifest(loaded, SPEC, ["fp32"], 32, 8, {}, True))
     return out
 
 
@@ -371,12 +369,10 @@ def test_first_step_graph_answers_like_the_single_decoder(split_bundle, synth_da
     del single.sessions["decoder_first"]  # the ONNX way: decoder_step with an empty cache
     enc = split.encode_image(load_split(synth_data, "val")[0].image_path(synth_data))
     ids = split.question_ids("is there a lesion?")
-    ck, cv = split._cross(enc, ids)
-    empty = np.zeros((*ck.shape[:3], 0, ck.shape[4]), np.float32)
+    _, state = split.model.start(enc.arrays, ids)
     first = np.array([[split.manifest.text.bos_id, 7, 9]])
-    a = split._decoder(first, empty, empty, ck, cv)
-    b = single._decoder(first, empty, empty, ck, cv)
-    for x, y in zip(a, b):
+    (la, a), (lb, b) = split.model.step(first, state), single.model.step(first, state)
+    for x, y in ((la, lb), (a.past_key, b.past_key), (a.past_value, b.past_value)):
         assert x.shape == y.shape and np.abs(x - y).max() < 1e-5
     for r in load_split(synth_data, "val")[:20]:
         path = r.image_path(synth_data)

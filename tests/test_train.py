@@ -103,7 +103,9 @@ def test_resume_continues_exactly(tmp_path, synth_data, monkeypatch):
 
     loop.train(cfg(tmp_path / "straight"), progress=False)
     calls = {"n": 0}
-    real = loop.make_batch
+    from edgevqa.train.families import blip_vqa
+
+    real = blip_vqa.make_batch
 
     def crash_at_9(*a, **k):
         calls["n"] += 1
@@ -111,10 +113,10 @@ def test_resume_continues_exactly(tmp_path, synth_data, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(loop, "make_batch", crash_at_9)
+    monkeypatch.setattr(blip_vqa, "make_batch", crash_at_9)
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg(tmp_path / "resumed"), progress=False)
-    monkeypatch.setattr(loop, "make_batch", real)
+    monkeypatch.setattr(blip_vqa, "make_batch", real)
     assert not (tmp_path / "resumed" / "model").exists()
     with pytest.raises(InputError, match="already exists"):
         loop.train(cfg(tmp_path / "resumed"), progress=False)
@@ -143,7 +145,7 @@ def test_unloadable_base_leaves_no_run(tmp_path, synth_data, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     out = tmp_path / "run"
-    with pytest.raises(InputError, match="cannot load BLIP VQA model"):
+    with pytest.raises(InputError, match="cannot read 'no-such-org/no-such-blip'.*local folder"):
         loop.train(
             TrainConfig(base="no-such-org/no-such-blip", data=str(synth_data), out=str(out)), progress=False
         )

@@ -49,7 +49,8 @@ def record_feeds(bundle: Path, items: list[tuple[Path, str]]) -> dict[str, list[
 
     pipe = VQAPipeline.from_bundle(bundle, precision="fp32", verify=False, image_cache=0)
     feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in pipe.sessions}
-    pipe.sessions = {g: _Recorder(s, feeds[g]) for g, s in pipe.sessions.items()}
+    # in place: the family's runtime model holds the same dict
+    pipe.sessions.update({g: _Recorder(s, feeds[g]) for g, s in pipe.sessions.items()})
     for image, question in items:
         pipe.ask(image, question)
     return feeds

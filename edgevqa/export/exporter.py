@@ -26,13 +26,14 @@ from edgevqa import __version__, atomic, bundle
 from edgevqa.config import ExportConfig
 from edgevqa.data.records import VQARecord, load_split
 from edgevqa.errors import InputError, ValidationError
-from edgevqa.export import merge, specs, tensorrt, validate
+from edgevqa.eval.metrics import record_accuracy
+from edgevqa.export import merge, tensorrt, validate
 from edgevqa.export import onnx as export_onnx
 from edgevqa.export.quantize import QUANTIZERS
-from edgevqa.metrics import record_accuracy
-from edgevqa.train.data import ImageCache, encode_records
-from edgevqa.train.infer import generate_answers
-from edgevqa.train.models import FAMILY
+from edgevqa.families import registry
+from edgevqa.families.spec import FamilySpec
+from edgevqa.train.base import Loaded
+from edgevqa.train.data import ImageCache
 
 log = logging.getLogger("edgevqa.export")
 
@@ -62,8 +63,6 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         InputError: no run, no validation data, output exists.
         ValidationError: graphs or answers do not match PyTorch (exit code 3); no bundle is written.
     """
-    from transformers import AutoTokenizer
-
     run, out = Path(cfg.run), Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -72,24 +71,28 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     tcfg = merge.read_run(run)
     data = data or tcfg.data
     records = validation_records(data, cfg.validate_limit)
-    tok = AutoTokenizer.from_pretrained(run / "tokenizer")
-    enc = encode_records(records, data, tok, tcfg.max_question_tokens, tcfg.max_answer_tokens)
+    fam = registry.side(tcfg.family, "train")
     caches: dict[Any, ImageCache] = {}
 
     def images_for(spec: bundle.ImageSpec) -> ImageCache:
         return caches.setdefault(spec, ImageCache(spec))
 
+    def encode(loaded: Loaded) -> Any:
+        return fam.encode(loaded, records, data, tcfg)
+
     with step("merge"):
-        merged = merge.merge_run(run, enc, images_for)
-    model, image_spec = merged.loaded.model, merged.loaded.image
-    spec = specs.get(FAMILY)
+        adapter = run / "adapter" if (run / "adapter").is_dir() else None
+        merged, enc = merge.merge_run(
+            tcfg, tcfg.base if adapter else str(run / "model"), adapter, encode, images_for
+        )
+    model, image_spec, tok = merged.loaded.model, merged.loaded.image, merged.loaded.tokenizer
+    spec = registry.get(tcfg.family)
+    xfam = registry.side(tcfg.family, "export")
     with atomic.directory(out, overwrite=cfg.overwrite) as tmp:
         write_graphs(model, spec, tmp, precisions, tensorrt=cfg.trt)
         tok.backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
         manifest = make_manifest(
-            model,
-            tok,
-            image_spec,
+            merged.loaded,
             spec,
             [*precisions, *([] if "fp32" in precisions else ["fp32"])],  # fp32 exists until sealed
             tcfg.max_question_tokens,
@@ -109,8 +112,8 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
                 engines = tensorrt.build_engines(tmp, manifest, spec.exported(True), cfg, limits, built_for)
         with step("validate"):
             images = images_for(image_spec)
-            ref = generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress)
-            feeds = validate.graph_inputs(model, enc, images, n=8, bos=tok.bos_token_id)
+            ref = fam.generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress)
+            feeds = xfam.graph_inputs(merged.loaded, enc, images, n=8)
             v = Validator(model, spec, enc, records, ref, feeds, progress)
             fidelity = validate_bundle(tmp, v, cfg, [*precisions, *cfg.trt_precisions], quantizers, engines)
             fidelity["merge"] = merged.report or {"lora": False}
@@ -127,7 +130,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     return out
 
 
-def calibrated_int8(root: Path, spec: specs.FamilySpec, cfg: ExportConfig, data: str) -> Any:
+def calibrated_int8(root: Path, spec: FamilySpec, cfg: ExportConfig, data: str) -> Any:
     """Record every graph's inputs while the fp32 graphs answer calibration questions (the train
     split of ``data``), then write the int8-static graphs; returns the quantizer for the fallback."""
     from edgevqa.export.calibrate import record_feeds, static_int8
@@ -154,7 +157,7 @@ def seal(root: Path, manifest: bundle.Manifest) -> None:
 
 
 def write_graphs(
-    model: Any, spec: specs.FamilySpec, root: Path, precisions: list[str], tensorrt: bool = False
+    model: Any, spec: FamilySpec, root: Path, precisions: list[str], tensorrt: bool = False
 ) -> None:
     graphs = spec.exported(tensorrt)
     fp32 = root / "fp32"
@@ -172,40 +175,28 @@ def write_graphs(
 
 
 def make_manifest(
-    model: Any,
-    tok: Any,
-    image: bundle.ImageSpec,
-    spec: specs.FamilySpec,
+    loaded: Loaded,
+    spec: FamilySpec,
     precisions: list[str],
     max_question_tokens: int,
     max_answer_tokens: int,
     source: dict[str, Any],
     tensorrt: bool = False,
 ) -> bundle.Manifest:
-    tc = model.config.text_config
     graphs = spec.exported(tensorrt)
+    parts = registry.side(spec.family, "export").manifest_parts
+    text, decoder, family_config = parts(loaded, max_question_tokens, max_answer_tokens)
     return bundle.Manifest(
         family=spec.family,
-        image=image,
-        text=bundle.TextSpec(
-            bos_id=tok.bos_token_id,
-            sep_id=tok.sep_token_id,
-            pad_id=tok.pad_token_id,
-            max_question_tokens=max_question_tokens,
-            max_answer_tokens=max_answer_tokens,
-            clean_up_tokenization_spaces=bool(getattr(tok, "clean_up_tokenization_spaces", True)),
-        ),
-        decoder=bundle.DecoderSpec(
-            num_layers=tc.num_hidden_layers,
-            num_heads=tc.num_attention_heads,
-            head_dim=tc.hidden_size // tc.num_attention_heads,
-            vocab_size=tc.vocab_size,
-        ),
+        image=loaded.image,
+        text=text,
+        decoder=decoder,
         graphs={g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in graphs},
         precisions={p: {g.name: f"{p}/{g.name}.onnx" for g in graphs} for p in precisions},
         default_precision=precisions[0],
         source=source,
         versions=versions(),
+        family_config=family_config,
     )
 
 
@@ -224,7 +215,7 @@ class Validator:
     """Everything needed to compare one precision of a bundle with PyTorch, computed once."""
 
     model: Any
-    spec: specs.FamilySpec
+    spec: FamilySpec
     enc: Any
     records: list
     ref: Any  # PyTorch's answers (Generated)
@@ -295,7 +286,7 @@ STAND_INS = {
 
 @contextlib.contextmanager
 def engine_fallback(
-    root: Path, p: str, spec: specs.FamilySpec, engines: tensorrt.EngineBuild, quantizers: dict[str, Any]
+    root: Path, p: str, spec: FamilySpec, engines: tensorrt.EngineBuild, quantizers: dict[str, Any]
 ) -> Iterator[tuple[Path, Any]]:
     """For a TensorRT precision: ONNX graphs that stand in for its engines, so that per-MatMul
     errors are measured on the CPU (STAND_INS, made without exclusions: a fallback of the ONNX

@@ -29,7 +29,7 @@ from typing import Any
 
 from edgevqa import atomic
 from edgevqa.errors import InputError, MissingDependencyError
-from edgevqa.export.specs import GraphSpec
+from edgevqa.families.spec import GraphSpec
 
 log = logging.getLogger("edgevqa.export")
 

@@ -1,8 +1,8 @@
 """Exported graphs vs PyTorch: per-graph max abs diff on real inputs, then whole answers.
 
-``compare_graphs`` feeds the same validation inputs to each torch wrapper and its onnxruntime
-session (fp32 must stay within the spec's atol; lower precisions are recorded). ``compare_answers``
-runs the torch-free runtime on validation questions and compares with transformers' generate.
+``compare_graphs`` feeds the same validation inputs (the family's ``graph_inputs``) to each torch
+wrapper and its onnxruntime session (fp32 must stay within the spec's atol; lower precisions are
+recorded). ``compare_answers`` runs the torch-free runtime on validation questions and compares with transformers' generate.
 """
 
 from __future__ import annotations
@@ -13,46 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgevqa.eval.metrics import agreement, record_accuracy
 from edgevqa.export import onnx as export_onnx
-from edgevqa.export.specs import FamilySpec
-from edgevqa.metrics import agreement, record_accuracy
-from edgevqa.train.data import Encoded, ImageCache
-from edgevqa.train.infer import Generated
+from edgevqa.families.spec import FamilySpec
+from edgevqa.train.base import Generated
 
 log = logging.getLogger("edgevqa.export")
-
-
-def graph_inputs(model: Any, enc: Encoded, images: ImageCache, n: int, bos: int) -> dict[str, list[dict]]:
-    """Real inputs for each graph, from the first ``n`` validation questions (batch 1 each)."""
-    feeds: dict[str, list[dict]] = {
-        "vision_encoder": [],
-        "question_encoder": [],
-        "decoder_step": [],
-        "decoder_first": [],
-    }
-    vis, qen, dec = (
-        export_onnx.wrapper("blip-vqa", g, model)
-        for g in ("vision_encoder", "question_encoder", "decoder_step")
-    )
-    with torch.inference_mode():
-        for i in range(min(n, len(enc.records))):
-            px = torch.from_numpy(images.get(enc.image_paths[i]))[None]
-            ids = torch.tensor([enc.question_ids[i]])
-            ik, iv = vis(px)
-            ck, cv = qen(ids, torch.ones_like(ids), ik, iv)
-            first = torch.tensor([[bos]])
-            empty = ck.new_zeros((*ck.shape[:3], 0, ck.shape[4]))
-            _, pk, pv = dec(first, empty, empty, ck, cv)
-            nxt = torch.tensor([enc.answer_ids[i][1:3] or [bos]])  # two teacher-forced tokens, past = 1
-            feeds["vision_encoder"].append({"pixel_values": px})
-            feeds["question_encoder"].append(
-                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_key": ik, "image_value": iv}
-            )
-            feeds["decoder_step"].append(
-                {"input_ids": nxt, "past_key": pk, "past_value": pv, "cross_key": ck, "cross_value": cv}
-            )
-            feeds["decoder_first"].append({"input_ids": first, "cross_key": ck, "cross_value": cv})
-    return feeds
 
 
 def compare_graphs(

@@ -1,9 +1,11 @@
-"""Greedy decoding and sampling with a KV cache, in numpy. Knows nothing about images, text or
-onnxruntime: it calls ``step(input_ids, past_key, past_value) -> (logits, present_key, present_value)``.
+"""Greedy decoding and sampling with a KV cache, in numpy, shared by every model family. Knows
+nothing about images, text or onnxruntime: it calls ``step(input_ids, state) -> (logits, state)``,
+where ``state`` is whatever the family carries between calls (its KV cache). The first call gets
+the family's first ids (BLIP: bos with an empty cache; a prefix LM: its whole prompt, the prefill).
 
-``greedy`` reproduces transformers' greedy ``generate`` for BLIP: start from bos, take the argmax of
-the last position, stop a sequence at eos ([SEP]) and pad it afterwards, stop when all are done or
-after ``max_new_tokens``. ``sample`` is the same loop drawing each token from the softmax after
+``greedy`` reproduces transformers' greedy ``generate``: take the argmax of the last position, stop
+a sequence at any of the eos ids and pad it afterwards, stop when all are done or after
+``max_new_tokens``. ``sample`` is the same loop drawing each token from the softmax after
 transformers' warpers in their order (temperature, top-k, top-p), from a seeded numpy Generator.
 """
 
@@ -11,21 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-Step = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+Step = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    bos_id: int  # first decoder input ([DEC] for BLIP)
-    eos_id: int  # ends an answer ([SEP])
+    eos_ids: tuple[int, ...]  # any of them ends an answer ([SEP] for BLIP; Gemma may list several)
     pad_id: int  # fed to finished sequences
     max_new_tokens: int  # upper bound on generated tokens, eos included
     min_new_tokens: int = 0  # eos is suppressed before this many tokens (fixed-length benchmarks)
 
     def __post_init__(self) -> None:
+        if not self.eos_ids:
+            raise ValueError("eos_ids must name at least one token")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -50,22 +54,22 @@ class SamplingOptions:
 Pick = Callable[[np.ndarray], np.ndarray]  # last-position logits [batch, vocab] -> next ids [batch]
 
 
-def greedy(step: Step, empty_past: np.ndarray, batch: int, opts: DecodingOptions) -> list[list[int]]:
-    """Generated ids per sequence, without bos, up to and including eos when it was produced.
+def greedy(step: Step, first_ids: np.ndarray, state: Any, opts: DecodingOptions) -> list[list[int]]:
+    """Generated ids per sequence (not the first ids), up to and including eos when produced.
 
     Args:
-        step: one decoder call over the new ids and the cache so far.
-        empty_past: a zero-length cache [layers, batch, heads, 0, head_dim] to start from.
-        batch: number of sequences.
+        step: one decoder call over the new ids and the state so far.
+        first_ids: [batch, T] ids of the first call (one row per sequence).
+        state: what the first call starts from (e.g. an empty KV cache).
         opts: token ids and length limit.
     """
-    return _decode(step, empty_past, batch, opts, lambda last: last.argmax(axis=-1))
+    return _decode(step, first_ids, state, opts, lambda last: last.argmax(axis=-1))
 
 
 def sample(
     step: Step,
-    empty_past: np.ndarray,
-    batch: int,
+    first_ids: np.ndarray,
+    state: Any,
     opts: DecodingOptions,
     sampling: SamplingOptions,
     rng: np.random.Generator,
@@ -76,7 +80,7 @@ def sample(
     so a batch of one question repeated gives independent samples.
     """
     if sampling.temperature == 0:
-        return greedy(step, empty_past, batch, opts)
+        return greedy(step, first_ids, state, opts)
 
     def pick(last: np.ndarray) -> np.ndarray:
         cdf = np.cumsum(softmax(filter_logits(last, sampling)), axis=-1)
@@ -84,7 +88,7 @@ def sample(
         u = rng.random(cdf.shape[0])[:, None] * cdf[:, -1:]
         return (cdf <= u).sum(axis=-1)
 
-    return _decode(step, empty_past, batch, opts, pick)
+    return _decode(step, first_ids, state, opts, pick)
 
 
 def filter_logits(logits: np.ndarray, sampling: SamplingOptions) -> np.ndarray:
@@ -111,23 +115,24 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _decode(
-    step: Step, empty_past: np.ndarray, batch: int, opts: DecodingOptions, pick: Pick
+    step: Step, first_ids: np.ndarray, state: Any, opts: DecodingOptions, pick: Pick
 ) -> list[list[int]]:
-    ids = np.full((batch, 1), opts.bos_id, dtype=np.int64)
-    past_k, past_v = empty_past, empty_past
+    ids = np.asarray(first_ids, dtype=np.int64)
+    batch = ids.shape[0]
+    eos = np.asarray(opts.eos_ids, dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
     out: list[list[int]] = [[] for _ in range(batch)]
     for n in range(opts.max_new_tokens):
-        logits, past_k, past_v = step(ids, past_k, past_v)
+        logits, state = step(ids, state)
         last = logits[:, -1, :]
         if n < opts.min_new_tokens:  # as transformers' MinNewTokensLogitsProcessor: eos can't win
             last = last.copy()
-            last[:, opts.eos_id] = -np.inf
+            last[:, eos] = -np.inf
         nxt = pick(last)
         nxt = np.where(done, opts.pad_id, nxt)
         for i in np.flatnonzero(~done):
             out[i].append(int(nxt[i]))
-        done |= nxt == opts.eos_id
+        done |= np.isin(nxt, eos)
         if done.all():
             break
         ids = nxt[:, None].astype(np.int64)

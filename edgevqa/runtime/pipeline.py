@@ -20,6 +20,7 @@ import numpy as np
 
 from edgevqa.bundle import TOKENIZER, Manifest, load_manifest, verify_files
 from edgevqa.errors import BundleError, InputError
+from edgevqa.families import registry
 from edgevqa.runtime import backends
 from edgevqa.runtime.decoding import DecodingOptions, SamplingOptions, greedy, sample
 from edgevqa.runtime.images import load_image, read_source
@@ -27,19 +28,17 @@ from edgevqa.runtime.preprocess import preprocess
 from edgevqa.runtime.session import make_session
 from edgevqa.runtime.tokenizer import QuestionTokenizer
 
-SUPPORTED_FAMILIES = ("blip-vqa",)
-GRAPHS = ("vision_encoder", "question_encoder", "decoder_step")
 MAX_QUESTION_CHARS = 2000
 MAX_HASHED_FILE_BYTES = 64 * 1024 * 1024  # larger files are decoded from disk, not held to be hashed
 
 
 @dataclass(frozen=True)
 class ImageEncoding:
-    """What the vision graph computes once per image: every text layer's cross-attention keys
-    and values of the image tokens, [layers, 1, heads, tokens, head_dim] each."""
+    """What the vision graph computes once per image, as the family's runtime returned it (BLIP: the
+    image's cross-attention keys and values for every text layer; PaliGemma: the projected image
+    tokens)."""
 
-    key: np.ndarray
-    value: np.ndarray
+    arrays: tuple[np.ndarray, ...]
 
 
 @dataclass
@@ -74,15 +73,15 @@ class VQAPipeline:
     ):
         self.bundle, self.manifest, self.precision = bundle, manifest, precision
         self.sessions, self.tokenizer, self.backend = sessions, tokenizer, backend
+        # the family's graphs behind encode_image / prompt_ids / start / step (runtime/families/)
+        self.model = registry.side(manifest.family, "runtime").Model(manifest, sessions, tokenizer)
         # follow-up questions about an image skip the vision graph: encodings keyed by a hash of
         # the pixels the encoder would see, so the same picture in another file or format hits too
         self._encodings: OrderedDict[str, ImageEncoding] = OrderedDict()
         self._files: OrderedDict[str, str] = OrderedDict()  # sha256 of a file's bytes -> pixel key
         self.image_cache = image_cache
         t = manifest.text
-        self.options = DecodingOptions(
-            bos_id=t.bos_id, eos_id=t.sep_id, pad_id=t.pad_id, max_new_tokens=t.max_answer_tokens
-        )
+        self.options = DecodingOptions(eos_ids=t.eos, pad_id=t.pad_id, max_new_tokens=t.max_answer_tokens)
 
     @classmethod
     def from_bundle(
@@ -112,10 +111,7 @@ class VQAPipeline:
         """
         bundle = Path(bundle)
         m = load_manifest(bundle, verify=False)
-        if m.family not in SUPPORTED_FAMILIES:
-            raise BundleError(
-                f"bundle family {m.family!r} is not supported by this runtime ({SUPPORTED_FAMILIES})"
-            )
+        spec = registry.for_bundle(m.family)
         precision, backend = choose(m, precision, backend, backends.probe())
         if verify:
             verify_files(bundle, m, precision)
@@ -123,7 +119,7 @@ class VQAPipeline:
             name: _load_graph(bundle, m, precision, name, backend, threads, verify)
             for name in m.precisions[precision]
         }
-        if missing := [g for g in GRAPHS if g not in sessions]:
+        if missing := [g.name for g in spec.exported() if g.name not in sessions]:
             raise BundleError(f"bundle has no {', '.join(missing)} graph for precision {precision}")
         return cls(
             bundle, m, precision, sessions, QuestionTokenizer(bundle / TOKENIZER), image_cache, backend
@@ -132,8 +128,7 @@ class VQAPipeline:
     # ------------------------------------------------------------------------------------------
 
     def encode_image(self, image: Any) -> ImageEncoding:
-        """The image's cross-attention keys and values, [L,1,H,N,d] each, for a path, bytes or
-        PIL image (cached by content)."""
+        """What the vision graph makes of a path, bytes or PIL image (cached by content)."""
         return self._encoding(image)[0]
 
     def forget_images(self) -> None:
@@ -168,8 +163,7 @@ class VQAPipeline:
 
     def _encode(self, pixels: np.ndarray, file_key: str | None = None) -> tuple[ImageEncoding, bool]:
         def run() -> ImageEncoding:
-            key, value = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})
-            return ImageEncoding(key, value)
+            return ImageEncoding(self.model.encode_image(pixels))
 
         if self.image_cache <= 0:  # no cache: no reason to hash the pixels
             return run(), False
@@ -187,37 +181,17 @@ class VQAPipeline:
         return enc, False
 
     def question_ids(self, question: str) -> np.ndarray:
+        """The [1, T] ids the family's first graph takes for ``question`` (BLIP: the question;
+        a prefix LM: its whole prompt).
+
+        Raises:
+            InputError: empty, too long, or not text the tokenizer can read.
+        """
         if len(question) > MAX_QUESTION_CHARS:
             raise InputError(
                 f"the question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}"
             )
-        return self.tokenizer.encode(question, self.manifest.text.max_question_tokens)[None, :]
-
-    def _cross(self, image: ImageEncoding, ids: np.ndarray) -> list[np.ndarray]:
-        """The decoder's cross-attention keys and values for one question."""
-        feed = {
-            "input_ids": ids,
-            "attention_mask": np.ones_like(ids),
-            "image_key": image.key,
-            "image_value": image.value,
-        }
-        return self.sessions["question_encoder"].run(None, feed)
-
-    def _decoder(
-        self,
-        ids: np.ndarray,
-        past_k: np.ndarray,
-        past_v: np.ndarray,
-        cross_k: np.ndarray,
-        cross_v: np.ndarray,
-        outputs: list[str] | None = None,
-    ) -> list[np.ndarray]:
-        """One decoder call: logits and the grown KV cache for the new ids. Bundles for TensorRT
-        have a first-step graph without a cache; it takes the steps that start from none."""
-        feed = {"input_ids": ids, "cross_key": cross_k, "cross_value": cross_v}
-        if past_k.shape[3] == 0 and "decoder_first" in self.sessions:
-            return self.sessions["decoder_first"].run(outputs, feed)
-        return self.sessions["decoder_step"].run(outputs, {**feed, "past_key": past_k, "past_value": past_v})
+        return self.model.prompt_ids(question)
 
     def _decode(
         self,
@@ -226,14 +200,9 @@ class VQAPipeline:
         options: DecodingOptions | None = None,
     ) -> tuple[list[int], dict[str, float]]:
         t0 = time.perf_counter()
-        cross_k, cross_v = self._cross(image, ids)
+        first, state = self.model.start(image.arrays, ids)
         t1 = time.perf_counter()
-
-        def step(input_ids: np.ndarray, past_k: np.ndarray, past_v: np.ndarray):
-            return self._decoder(input_ids, past_k, past_v, cross_k, cross_v)
-
-        empty = empty_past(cross_k)
-        out = greedy(step, empty, batch=1, opts=options or self.options)[0]
+        out = greedy(self.model.step, first, state, options or self.options)[0]
         t2 = time.perf_counter()
         return out, {"question_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}
 
@@ -295,17 +264,11 @@ class VQAPipeline:
             raise InputError(f"the number of samples must be at least 1, got {n}")
         q_ids = self.question_ids(question)
         encoding, _ = self._encoding(image)
-        cross_k, cross_v = self._cross(encoding, q_ids)
         opts = options or self.options
         out: list[list[int]] = []
         for start in range(0, n, self.max_batch):
-            rows = min(self.max_batch, n - start)
-            ck, cv = np.repeat(cross_k, rows, axis=1), np.repeat(cross_v, rows, axis=1)
-
-            def step(ids: np.ndarray, pk: np.ndarray, pv: np.ndarray, ck=ck, cv=cv) -> Any:
-                return self._decoder(ids, pk, pv, ck, cv)
-
-            out += sample(step, empty_past(ck), rows, opts, sampling, rng)
+            first, state = self.model.start(encoding.arrays, q_ids, rows=min(self.max_batch, n - start))
+            out += sample(self.model.step, first, state, opts, sampling, rng)
         clean = self.manifest.text.clean_up_tokenization_spaces
         return [Answer(self.tokenizer.decode(ids, clean), ids) for ids in out]
 
@@ -321,31 +284,26 @@ class VQAPipeline:
     def rank(self, image: Any, question: str, candidates: tuple[str, ...] = ("yes", "no")) -> Answer:
         """Score each candidate answer in one batched decoder pass and return the most likely.
 
-        For closed questions: instead of generating, every candidate ([DEC] tokens [SEP]) is
-        teacher-forced at once and scored by its total log-probability, [SEP] included.
+        For closed questions: instead of generating, every candidate (its tokens and eos) is
+        teacher-forced at once and scored by its total log-probability, eos included.
         """
         if len(candidates) < 2:
             raise InputError("rank mode needs at least two candidate answers")
         t0 = time.perf_counter()
         q_ids = self.question_ids(question)
         encoding, cached = self._encoding(image)
-        seqs = [self._candidate_ids(c) for c in candidates]
+        seqs = [self.model.candidate_ids(c) for c in candidates]
         width = max(len(x) for x in seqs)
-        pad = self.manifest.text.pad_id
-        batch = np.array([x + [pad] * (width - len(x)) for x in seqs], dtype=np.int64)
-        cross_k, cross_v = self._cross(encoding, q_ids)
-        n = len(candidates)
-        cross_k, cross_v = np.repeat(cross_k, n, axis=1), np.repeat(cross_v, n, axis=1)
-        empty = empty_past(cross_k)
-        logits = self._decoder(batch[:, :-1], empty, empty, cross_k, cross_v, ["logits"])[0]
-        scores = sequence_log_probs(logits, batch[:, 1:], [len(x) - 1 for x in seqs])
+        batch = np.array([x + [self.options.pad_id] * (width - len(x)) for x in seqs], dtype=np.int64)
+        first, state = self.model.start(encoding.arrays, q_ids, rows=len(candidates))
+        head, state = self.model.step(first, state)  # predicts each candidate's first token
+        logits = head[:, -1:]
+        if width > 1:  # the rest, teacher-forced in one call
+            logits = np.concatenate([logits, self.model.step(batch[:, :-1], state)[0]], axis=1)
+        scores = sequence_log_probs(logits, batch, [len(x) for x in seqs])
         best = int(np.argmax(scores))
         ms = {"total_ms": round(1e3 * (time.perf_counter() - t0), 3)}
-        return Answer(candidates[best], seqs[best][1:], ms, cached, dict(zip(candidates, map(float, scores))))
-
-    def _candidate_ids(self, candidate: str) -> list[int]:
-        ids = self.tokenizer.encode(candidate, self.manifest.text.max_answer_tokens + 1).tolist()
-        return [self.manifest.text.bos_id, *ids[1:]]  # [CLS] -> [DEC], as in training
+        return Answer(candidates[best], seqs[best], ms, cached, dict(zip(candidates, map(float, scores))))
 
 
 def choose(m: Manifest, precision: str | None, backend: str, machine: backends.Machine) -> tuple[str, str]:
@@ -405,11 +363,6 @@ def _load_graph(
     if set(got) != set(expected.inputs):
         raise BundleError(f"{name} graph inputs {got} do not match the manifest {expected.inputs}")
     return graph
-
-
-def empty_past(cross_k: np.ndarray) -> np.ndarray:
-    """A zero-length KV cache [layers, batch, heads, 0, head_dim] matching the cross keys."""
-    return np.zeros((*cross_k.shape[:3], 0, cross_k.shape[4]), dtype=cross_k.dtype)
 
 
 def sequence_log_probs(logits: np.ndarray, targets: np.ndarray, lengths: list[int]) -> np.ndarray:

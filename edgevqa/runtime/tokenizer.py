@@ -99,6 +99,11 @@ class QuestionTokenizer:
         enc = self._tok.post_process(enc)
         return np.asarray(enc.ids, dtype=np.int64)
 
+    def ids(self, text: str) -> list[int]:
+        """``text`` tokenized whole, special-token strings in it (``<image>``, ``<bos>``) matched as
+        tokens and nothing added: what a prefix LM's processor does with its prompt string."""
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
     def decode(self, ids: Sequence[int], clean_up_tokenization_spaces: bool = True) -> str:
         """Turn ids back into text, skipping special tokens ([CLS], [SEP], [PAD], [DEC], ...).
 

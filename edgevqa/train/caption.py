@@ -25,7 +25,7 @@ from edgevqa import atomic
 from edgevqa.config import TrainConfig
 from edgevqa.data.captions import CaptionRecord, load_captions
 from edgevqa.errors import InputError
-from edgevqa.metrics import normalize_answer
+from edgevqa.eval.metrics import normalize_answer
 from edgevqa.train import models
 from edgevqa.train.data import ImageCache, pad, to_device
 

@@ -9,18 +9,12 @@ equal-length batches make batched answers identical to one-at-a-time answers.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edgevqa.train.base import Generated
 from edgevqa.train.data import Encoded, ImageCache
-
-
-@dataclass
-class Generated:
-    texts: list[str]
-    token_ids: list[list[int]]  # answer ids without the leading bos
 
 
 def generate_answers(

@@ -38,10 +38,11 @@ from edgevqa import atomic, config
 from edgevqa.config import TrainConfig
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
-from edgevqa.metrics import majority_baseline, record_accuracy
-from edgevqa.train import checkpoint, lora, models, setup
-from edgevqa.train.data import Encoded, ImageCache, encode_records, make_batch, to_device
-from edgevqa.train.infer import generate_answers
+from edgevqa.eval.metrics import majority_baseline, record_accuracy
+from edgevqa.families import registry
+from edgevqa.train import checkpoint, lora, setup
+from edgevqa.train.base import Loaded
+from edgevqa.train.data import ImageCache, to_device
 
 log = logging.getLogger("edgevqa.train")
 
@@ -56,6 +57,8 @@ def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
         if cfg.warmup_start_lr > 0:
             return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / cfg.warmup_steps
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
@@ -91,7 +94,7 @@ class EarlyStopping:
 def evaluate(
     model: Any,
     tok: Any,
-    enc: Encoded,
+    enc: Any,
     images: ImageCache,
     cfg: TrainConfig,
     limit: int = 0,
@@ -100,20 +103,22 @@ def evaluate(
     if limit and limit < len(enc.records):
         enc = enc.subset(np.random.default_rng(0).choice(len(enc.records), limit, replace=False))
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = generate_answers(base, tok, enc, images, cfg.max_answer_tokens, progress=progress)
+    fam = registry.side(cfg.family, "train")
+    out = fam.generate_answers(base, tok, enc, images, cfg.max_answer_tokens, progress=progress)
     return record_accuracy(out.texts, enc.records)
 
 
 def final_report(
-    model: Any, tok: Any, cfg: TrainConfig, images: ImageCache, train_recs: list, val: Encoded
+    model: Any, loaded: Loaded, cfg: TrainConfig, images: ImageCache, train_recs: list, val: Any
 ) -> dict[str, Any]:
     """Accuracy and majority baseline on val (already encoded) and, when there is one, test."""
     splits = {"val": val}
     try:
         test = load_split(cfg.data, "test")
-        splits["test"] = encode_records(test, cfg.data, tok, cfg.max_question_tokens, cfg.max_answer_tokens)
+        splits["test"] = registry.side(cfg.family, "train").encode(loaded, test, cfg.data, cfg)
     except InputError:
         pass
+    tok = loaded.tokenizer
     return {
         split: {
             "n": len(enc.records),
@@ -125,21 +130,23 @@ def final_report(
 
 
 class VQATask:
-    """default and vqa: the answer's LM loss of BlipForQuestionAnswering (paper 000 eq. 9)."""
+    """default, vqa, projector and lora: the answer's LM loss of the family's model (BLIP: paper 000
+    eq. 9; PaliGemma: the answer tokens after the prompt)."""
 
     drop_last = False
 
-    def __init__(self, cfg: TrainConfig, loaded: models.Loaded, train: list, val: list, device: Any):
+    def __init__(self, cfg: TrainConfig, loaded: Loaded, train: list, val: list, device: Any):
         self.cfg, self.loaded, self.device, self.tok = cfg, loaded, device, loaded.tokenizer
+        self.fam = registry.side(cfg.family, "train")
         self.module = setup.prepare(loaded.model, cfg).to(device)
         self.images = ImageCache(loaded.image)
         self.train_recs = train
-        self.enc = encode_records(train, cfg.data, self.tok, cfg.max_question_tokens, cfg.max_answer_tokens)
-        self.val = encode_records(val, cfg.data, self.tok, cfg.max_question_tokens, cfg.max_answer_tokens)
+        self.enc = self.fam.encode(loaded, train, cfg.data, cfg)
+        self.val = self.fam.encode(loaded, val, cfg.data, cfg)
         self.n_train = len(train)
 
     def loss(self, idx: Any, step: int, micro: int) -> tuple[Any, dict[str, float]]:
-        batch = make_batch(self.enc, idx, self.images, self.tok.pad_token_id)
+        batch = self.fam.make_batch(self.loaded, self.enc, idx, self.images)
         return self.module(**to_device(batch, self.device)).loss, {}
 
     def after_step(self, step: int, total: int) -> None:
@@ -153,7 +160,7 @@ class VQATask:
         return f"val exact match {score:.3f}"
 
     def report(self) -> dict[str, Any]:
-        return final_report(self.module, self.tok, self.cfg, self.images, self.train_recs, self.val)
+        return final_report(self.module, self.loaded, self.cfg, self.images, self.train_recs, self.val)
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return {}, {}
@@ -165,7 +172,7 @@ class VQATask:
         finish(run, self.module, self.loaded, self.cfg)
 
 
-def build_task(cfg: TrainConfig, loaded: models.Loaded, train: list, val: list, device: Any) -> Any:
+def build_task(cfg: TrainConfig, loaded: Loaded, train: list, val: list, device: Any) -> Any:
     if cfg.recipe in ("dapt", "dapt-sd"):
         from edgevqa.train.dapt import DAPTTask
 
@@ -191,6 +198,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if not checkpoint.exists(run):
             raise InputError(f"--resume: no checkpoint in {run}/checkpoints/last; start without --resume")
         cfg = config.load(TrainConfig, run / "config.json")
+        cfg = cfg if cfg.family else setup.with_family(cfg)  # runs before families: all BLIP
     elif run.exists() and any(run.iterdir()):
         raise InputError(f"{run} already exists; choose a new --out or pass --resume to continue it")
     else:
@@ -389,11 +397,14 @@ def write_report(
     atomic.write_json(run / "eval.json", report)
 
 
-def finish(run: Path, model: Any, loaded: models.Loaded, cfg: TrainConfig) -> None:
+def finish(run: Path, model: Any, loaded: Loaded, cfg: TrainConfig) -> None:
     """Write the final weights: adapter/ for LoRA, model/ otherwise (each atomically)."""
     if cfg.lora:
         with atomic.directory(run / "adapter", overwrite=True) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
     else:
         with atomic.directory(run / "model", overwrite=True) as tmp:
-            models.save_model_dir(models.Loaded(model, loaded.tokenizer, loaded.image, loaded.source), tmp)
+            fam = registry.side(cfg.family, "train")
+            fam.save_model_dir(
+                Loaded(model, loaded.tokenizer, loaded.image, loaded.source, cfg.family, loaded.extra), tmp
+            )

@@ -1,4 +1,4 @@
-"""LoRA for the BLIP VQA family with peft: targets, wrapping, and the trainable-parameter report."""
+"""LoRA with peft: BLIP's targets, wrapping (any family's targets), the trainable-parameter report."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ def targets(cfg: TrainConfig) -> list[str]:
     return [n for n in names if n not in VISION_TARGETS] if cfg.freeze_vision else names
 
 
-def wrap(model: Any, cfg: TrainConfig) -> Any:
+def wrap(model: Any, cfg: TrainConfig, target_modules: Any = None) -> Any:
+    """``model`` with LoRA adapters (peft) on ``target_modules`` (default: BLIP's ``targets``)."""
     from peft import LoraConfig, get_peft_model
 
     lc = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=targets(cfg),
+        target_modules=target_modules if target_modules is not None else targets(cfg),
         bias="none",
     )
     return get_peft_model(model, lc)

@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgevqa.bundle import ImageSpec
 from edgevqa.errors import InputError
+from edgevqa.train.base import Loaded, resolve_model_dir  # noqa: F401 (re-exported)
 
 FAMILY = "blip-vqa"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -23,14 +23,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PRESETS = ("tiny-blip",)
 ARCHS = ("tiny-blip", "blip-vqa-base")
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
-
-@dataclass
-class Loaded:
-    model: Any  # transformers.BlipForQuestionAnswering
-    tokenizer: Any  # transformers.PreTrainedTokenizerFast
-    image: ImageSpec
-    source: str
 
 
 def blip_config(
@@ -118,20 +110,6 @@ def init_sincos_positions(model: Any) -> None:
     with torch.no_grad():
         pos[0, 1:] = sincos_2d(grid, pos.shape[2]).to(pos.dtype)
         pos[0, 0] = 0.0
-
-
-def resolve_model_dir(base: str) -> Path | None:
-    """A local folder with a saved model, or None if ``base`` is not a local path."""
-    p = Path(base).expanduser()
-    if (p / "model" / "config.json").is_file():  # a previous edgevqa RUN
-        return p / "model"
-    if (p / "config.json").is_file():
-        return p
-    if p.exists():
-        raise InputError(
-            f"{p} holds no model: expected config.json (a model folder) or model/config.json (a RUN)"
-        )
-    return None
 
 
 def load_pretrained(base: str) -> Loaded:

@@ -16,6 +16,11 @@ dapt-sd    dapt + progressive self-distillation, eqs. 1-8 (see train/distill.py)
 caption    paper 002: captioning fine-tune of the image-grounded decoder, lr 5e-5, gradient
            accumulation 4, ``--train full|decoder|encoder``, captions <= 128 tokens; inference
            with beam search 4, at most 128 new tokens (see train/caption.py).
+projector  papers 003/004 stage 1 (PaliGemma): only the multimodal projector trains, everything
+           else frozen, 5 epochs; Appendix B: constant lr, weight decay 0, gradient accumulation
+           16, batch 6 (fp16 on a GPU).
+lora       papers 003/004 stage 2, ``--init`` the stage 1 run: LoRA (peft) on the attention
+           projections of the vision tower and the language model; the same training arguments.
 =========  ==================================================================================
 
 Not given by the papers, chosen here (and marked "ours" below): AdamW betas (PyTorch's
@@ -54,6 +59,18 @@ _DAPT: dict[str, Any] = {
     "eval_every": 0,
 }
 
+# Papers 003/004, Appendix B (training arguments of both stages). The learning rate's value is
+# missing from the table: 1e-4 with no warm-up is ours (a usual LoRA / projector rate).
+_PALIGEMMA: dict[str, Any] = {
+    "lr_schedule": "constant",
+    "lr": 1e-4,  # ours
+    "warmup_steps": 0,  # constant from the first step
+    "weight_decay": 0.0,
+    "grad_accum": 16,
+    "batch_size": 6,
+    "epochs": 3.0,  # ours (stage 2)
+}
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "default": {},
     "vqa": {
@@ -72,6 +89,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "dapt": dict(_DAPT),
     "dapt-sd": dict(_DAPT),
+    "projector": dict(_PALIGEMMA, epochs=5.0),  # §4.4: "the projection layer for 5 epochs on SLAKE"
+    "lora": dict(_PALIGEMMA, lora=True),
     "caption": {
         **_ADAMW,
         "lr": 5e-5,  # paper 002

@@ -21,7 +21,8 @@ from edgevqa.config import CAPTION_RECIPES, TrainConfig
 from edgevqa.data.captions import load_captions
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
-from edgevqa.train import lora, models
+from edgevqa.families import registry
+from edgevqa.train import base as train_base
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -32,11 +33,51 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     data = str(Path(cfg.data).expanduser().resolve())
     if cfg.init:
         init = Path(cfg.init).expanduser().resolve()
-        if models.resolve_model_dir(str(init)) is None:
+        if train_base.resolve_model_dir(str(init)) is None:
             raise InputError(f"--init {cfg.init}: no such run (expected a RUN folder with model/)")
-        return replace(cfg, data=data, init=str(init), base=str(init))
+        return with_family(replace(cfg, data=data, init=str(init), base=str(init)))
     base = Path(cfg.base).expanduser()
-    return replace(cfg, data=data, base=str(base.resolve()) if base.exists() else cfg.base)
+    return with_family(replace(cfg, data=data, base=str(base.resolve()) if base.exists() else cfg.base))
+
+
+def with_family(cfg: TrainConfig) -> TrainConfig:
+    """The config with its base's family, checked against the recipe; refuses what no family loads."""
+    family = family_of_base(cfg.base)
+    if cfg.family and cfg.family != family:
+        raise InputError(f"--base {cfg.base} is a {family} model, not {cfg.family}")
+    recipes = registry.side(family, "train").RECIPES
+    if cfg.recipe not in recipes:
+        raise InputError(
+            f"--recipe {cfg.recipe} does not apply to {family} models; they take {', '.join(recipes)}"
+        )
+    return replace(cfg, family=family)
+
+
+def family_of_base(base: str) -> str:
+    """A preset's family, a local folder's (its config.json), or a hub id's (its config, which needs
+    the hub or a local cache; ids that cannot be read are refused with one line)."""
+    if family := registry.family_of_preset(base):
+        return family
+    local = train_base.resolve_model_dir(base)
+    if local is not None:
+        return registry.family_of_folder(local.parent if local.name == "model" else local) or "blip-vqa"
+    return registry.family_of_model_type(hub_model_type(base), base)
+
+
+def hub_model_type(model_id: str) -> str:
+    """``model_type`` of a Hugging Face id from its config, without retries when offline."""
+    import os
+
+    from edgevqa._deps import hub_offline_hint
+
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_id).model_type
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise InputError(f"cannot read {model_id!r}: {first}{hub_offline_hint(offline)}") from None
 
 
 def words_of(texts: list[str]) -> set[str]:
@@ -63,35 +104,23 @@ def vocabulary_texts(cfg: TrainConfig, train_items: list) -> list[str]:
     return texts
 
 
-def load_model(cfg: TrainConfig, run: Path, texts: list[str]) -> models.Loaded:
+def load_model(cfg: TrainConfig, run: Path, texts: list[str]) -> train_base.Loaded:
     """The base model: a preset built from its config, or a pretrained folder / hub id / RUN."""
-    if cfg.base in models.PRESETS:
+    fam = registry.side(cfg.family or family_of_base(cfg.base), "train")
+    if registry.family_of_preset(cfg.base):
         if cfg.lora:
             raise InputError(
-                "--lora adapts a trained model: train tiny-blip fully first, then `--base RUN --lora`"
+                f"--lora adapts a trained model: train {cfg.base} fully first, then `--base RUN --lora`"
             )
-        from edgevqa.train.tokenizer import build_wordpiece_tokenizer
-
-        tok_dir = run / "tokenizer"
-        if (tok_dir / "tokenizer.json").is_file():
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(tok_dir)
-        else:
-            tok = build_wordpiece_tokenizer(words_of(texts), tok_dir)
-        model = models.build_tiny(tok, cfg.image_size, cfg.seed)
-        return models.Loaded(model, tok, models.image_spec_for(cfg.image_size), cfg.base)
-    loaded = models.load_pretrained(cfg.base)
+        return fam.build_preset(cfg.base, sorted(words_of(texts)), run / "tokenizer", cfg)
+    loaded = fam.load_pretrained(cfg.base)
     loaded.tokenizer.save_pretrained(run / "tokenizer")
     return loaded
 
 
 def prepare(model: Any, cfg: TrainConfig) -> Any:
-    """VQA recipes: freeze the vision encoder (paper 000 eq. 10) and/or wrap with LoRA."""
-    if cfg.freeze_vision:
-        for p in model.vision_model.parameters():
-            p.requires_grad_(False)
-    return lora.wrap(model, cfg) if cfg.lora else model
+    """Freeze and wrap for the recipe (the family decides what its recipes train)."""
+    return registry.side(cfg.family, "train").prepare(model, cfg)
 
 
 def pick_device(cfg: TrainConfig) -> Any:

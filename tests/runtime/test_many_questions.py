@@ -77,11 +77,11 @@ def test_rank_matches_pytorch_scores(pipe, lora_run, synth_data):
     import torch
 
     from edgevqa.data.records import load_split
-    from edgevqa.export.merge import merge_run
+    from edgevqa.export.merge import load_run
     from edgevqa.runtime.images import load_image
     from edgevqa.runtime.preprocess import preprocess
 
-    merged = merge_run(lora_run, None, None).loaded
+    merged = load_run(lora_run).loaded
     model, tok = merged.model, merged.tokenizer
     rec = next(r for r in load_split(synth_data, "test") if r.answer_type == "closed")
     path = rec.image_path(synth_data)

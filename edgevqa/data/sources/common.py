@@ -13,7 +13,7 @@ from typing import Any
 from edgevqa.data.captions import CaptionRecord
 from edgevqa.data.records import VQARecord
 from edgevqa.errors import InputError, MissingDependencyError
-from edgevqa.metrics import normalize_answer
+from edgevqa.eval.metrics import normalize_answer
 
 
 @dataclass(frozen=True)

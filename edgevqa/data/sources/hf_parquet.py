@@ -31,7 +31,7 @@ from edgevqa.data.sources.common import (
     text,
 )
 from edgevqa.errors import InputError
-from edgevqa.metrics import normalize_answer
+from edgevqa.eval.metrics import normalize_answer
 
 _CAPITALISED = re.compile(r"(?:Train|Valid|Validation|Test)(?![a-z])")  # case-sensitive on purpose
 

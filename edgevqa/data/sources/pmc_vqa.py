@@ -23,7 +23,7 @@ from pathlib import Path
 from edgevqa.data.records import VQARecord
 from edgevqa.data.sources.common import ImageFiles, Item, LoadOptions, column, text
 from edgevqa.errors import InputError
-from edgevqa.metrics import normalize_answer
+from edgevqa.eval.metrics import normalize_answer
 
 CSVS = {
     2: (("train_2.csv", "train"), ("test_2.csv", "test")),

@@ -17,7 +17,7 @@ from typing import Any
 from edgevqa.data.records import ANSWER_TYPES, VQARecord
 from edgevqa.data.sources.common import ImageFiles, Item, LoadOptions, text
 from edgevqa.errors import InputError
-from edgevqa.metrics import normalize_answer
+from edgevqa.eval.metrics import normalize_answer
 
 SPLIT_FILES = {"train.json": "train", "validation.json": "val", "test.json": "test"}
 _META = ("img_name", "img_id", "qid", "q_lang", "location", "modality", "base_type")

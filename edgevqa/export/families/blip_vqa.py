@@ -1,6 +1,7 @@
-"""nn.Module wrappers that make BLIP VQA's three components traceable with plain tensors.
+"""BLIP VQA on the export side: wrappers that make its three components traceable with plain
+tensors, their dummy and real inputs, and the manifest's text and decoder settings.
 
-The graphs these produce are the bundle's contract (see specs.py):
+The graphs these produce are the bundle's contract (see edgevqa/families/blip_vqa.py):
 
 * VisionEncoder:   pixel_values [B,3,H,W] -> image_key, image_value [L,B,H,N,d]: the ViT's
                    embeddings already projected into the question encoder's cross-attention
@@ -22,9 +23,14 @@ shared/notes pitfall 5); the image side has no padding, so no mask there either.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+
+from edgevqa import bundle
+from edgevqa.train.base import Loaded
+from edgevqa.train.data import Encoded, ImageCache
 
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -145,7 +151,101 @@ class DecoderStep(nn.Module):
 
 
 class DecoderFirst(DecoderStep):
-    """The first answer step, with no cache in (TensorRT bundles; see specs.py)."""
+    """The first answer step, with no cache in (TensorRT bundles; see edgevqa/families/blip_vqa.py)."""
 
     def forward(self, input_ids: torch.Tensor, cross_key: torch.Tensor, cross_value: torch.Tensor):
         return super().forward(input_ids, None, None, cross_key, cross_value)
+
+
+WRAPPERS = {
+    "vision_encoder": VisionEncoder,
+    "question_encoder": QuestionEncoder,
+    "decoder_step": DecoderStep,
+    "decoder_first": DecoderFirst,
+}
+
+
+def dummy_inputs(
+    model: Any, graph: str, batch: int = 2, question: int = 7, past: int = 3, new: int = 1
+) -> dict[str, torch.Tensor]:
+    """Inputs of the right dtypes and shapes; sizes differ per axis so no axis is confused."""
+    vc, tc = model.config.vision_config, model.config.text_config
+    n_img = (vc.image_size // vc.patch_size) ** 2 + 1
+    heads, layers = tc.num_attention_heads, tc.num_hidden_layers
+    d = tc.hidden_size // heads
+    g = torch.Generator().manual_seed(0)
+    cross = torch.randn(layers, batch, heads, question, d, generator=g)
+    image = torch.randn(layers, batch, heads, n_img, d, generator=g)
+    ids = torch.randint(5, tc.vocab_size, (batch, question), generator=g)
+    return {
+        "vision_encoder": lambda: {
+            "pixel_values": torch.randn(batch, 3, vc.image_size, vc.image_size, generator=g)
+        },
+        "question_encoder": lambda: {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "image_key": image,
+            "image_value": image.flip(-1).contiguous(),
+        },
+        "decoder_step": lambda: {
+            "input_ids": ids[:, :new],
+            "past_key": torch.randn(layers, batch, heads, past, d, generator=g),
+            "past_value": torch.randn(layers, batch, heads, past, d, generator=g),
+            "cross_key": cross,
+            "cross_value": cross.flip(-1).contiguous(),
+        },
+        "decoder_first": lambda: {
+            "input_ids": ids[:, :new],
+            "cross_key": cross,
+            "cross_value": cross.flip(-1).contiguous(),
+        },
+    }[graph]()
+
+
+def graph_inputs(loaded: Loaded, enc: Encoded, images: ImageCache, n: int) -> dict[str, list[dict]]:
+    """Real inputs for each graph, from the first ``n`` validation questions (batch 1 each)."""
+    model, bos = loaded.model, loaded.tokenizer.bos_token_id
+    feeds: dict[str, list[dict]] = {g: [] for g in WRAPPERS}
+    vis, qen, dec = VisionEncoder(model).eval(), QuestionEncoder(model).eval(), DecoderStep(model).eval()
+    with torch.inference_mode():
+        for i in range(min(n, len(enc.records))):
+            px = torch.from_numpy(images.get(enc.image_paths[i]))[None]
+            ids = torch.tensor([enc.question_ids[i]])
+            ik, iv = vis(px)
+            ck, cv = qen(ids, torch.ones_like(ids), ik, iv)
+            first = torch.tensor([[bos]])
+            empty = ck.new_zeros((*ck.shape[:3], 0, ck.shape[4]))
+            _, pk, pv = dec(first, empty, empty, ck, cv)
+            nxt = torch.tensor([enc.answer_ids[i][1:3] or [bos]])  # two teacher-forced tokens, past = 1
+            feeds["vision_encoder"].append({"pixel_values": px})
+            feeds["question_encoder"].append(
+                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image_key": ik, "image_value": iv}
+            )
+            feeds["decoder_step"].append(
+                {"input_ids": nxt, "past_key": pk, "past_value": pv, "cross_key": ck, "cross_value": cv}
+            )
+            feeds["decoder_first"].append({"input_ids": first, "cross_key": ck, "cross_value": cv})
+    return feeds
+
+
+def manifest_parts(
+    loaded: Loaded, max_question_tokens: int, max_answer_tokens: int
+) -> tuple[bundle.TextSpec, bundle.DecoderSpec, dict[str, Any]]:
+    """The manifest's token ids and lengths, KV-cache shape and family settings (none for BLIP)."""
+    tok, tc = loaded.tokenizer, loaded.model.config.text_config
+    text = bundle.TextSpec(
+        bos_id=tok.bos_token_id,
+        sep_id=tok.sep_token_id,
+        pad_id=tok.pad_token_id,
+        max_question_tokens=max_question_tokens,
+        max_answer_tokens=max_answer_tokens,
+        clean_up_tokenization_spaces=bool(getattr(tok, "clean_up_tokenization_spaces", True)),
+        eos_ids=(tok.sep_token_id,),
+    )
+    decoder = bundle.DecoderSpec(
+        num_layers=tc.num_hidden_layers,
+        num_heads=tc.num_attention_heads,
+        head_dim=tc.hidden_size // tc.num_attention_heads,
+        vocab_size=tc.vocab_size,
+    )
+    return text, decoder, {}

@@ -1,7 +1,7 @@
 """One backend of ``edgevqa bench``, run in its own process so that its peak RSS is its own and
 the onnxruntime side never has torch loaded.
 
-    python -m edgevqa.bench_worker SPEC.json OUT.json
+    python -m edgevqa.bench.worker SPEC.json OUT.json
 
 SPEC: {"backend": "torch-fp32" or a runtime report name (bench.targets) with its "precision" and
        "runtime_backend", "bundle": dir, "run" or "model_dir": dir (torch),
@@ -59,9 +59,7 @@ def onnx_answerer(spec: dict[str, Any]):
         backend=spec.get("runtime_backend", "cpu"),
     )
     t = pipe.manifest.text
-    opts = DecodingOptions(
-        t.bos_id, t.sep_id, t.pad_id, spec["max_new_tokens"], spec.get("min_new_tokens", 0)
-    )
+    opts = DecodingOptions(t.eos, t.pad_id, spec["max_new_tokens"], spec.get("min_new_tokens", 0))
 
     def answer(image: str, question: str) -> tuple[str, list[int]]:
         a = pipe.ask(image, question, opts)
@@ -95,38 +93,24 @@ def onnx_answerer(spec: dict[str, Any]):
 def torch_answerer(spec: dict[str, Any]):
     import torch
 
+    from edgevqa.families import registry
     from edgevqa.runtime.images import load_image
     from edgevqa.runtime.preprocess import preprocess
-    from edgevqa.train.infer import strip_answer
-    from edgevqa.train.models import load_pretrained
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     if spec.get("run"):  # a training run: the merged model, exactly what export shipped
-        from edgevqa.export.merge import merge_run
+        from edgevqa.export.merge import load_run
 
-        loaded = merge_run(Path(spec["run"]), None, None).loaded
+        loaded = load_run(Path(spec["run"])).loaded
     else:
-        loaded = load_pretrained(spec["model_dir"])
-    model, tok = loaded.model.eval(), loaded.tokenizer
+        family = registry.family_of_folder(Path(spec["model_dir"])) or "blip-vqa"
+        loaded = registry.side(family, "train").load_pretrained(spec["model_dir"])
+    loaded.model.eval()
+    fam = registry.side(loaded.family, "train")
 
     def answer(image: str, question: str) -> tuple[str, list[int]]:
-        pixels = torch.from_numpy(preprocess(load_image(image), loaded.image))
-        ids = tok(
-            question, truncation=True, max_length=spec.get("max_question_tokens", 32), return_tensors="pt"
-        )["input_ids"]
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                pixel_values=pixels,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=spec["max_new_tokens"],
-                min_new_tokens=spec.get("min_new_tokens", 0),
-                do_sample=False,
-                num_beams=1,
-            )
-        seq = strip_answer(out[0].tolist(), tok.sep_token_id, tok.pad_token_id)
-        return tok.decode(seq, skip_special_tokens=True), seq
+        return fam.answer(loaded, preprocess(load_image(image), loaded.image), question, spec)
 
     return answer, None  # generate() has neither image-encoding reuse nor a rank mode to measure
 

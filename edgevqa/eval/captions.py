@@ -2,7 +2,7 @@
 
 A caption dataset (``{split}.captions.jsonl``) is evaluated per image: the run captions each
 distinct image once (beam search as in paper 002, ``train/caption.py``) and every caption of that
-image in the split is a reference. Metrics are :mod:`edgevqa.caption_metrics`; CIDEr-D's idf comes
+image in the split is a reference. Metrics are :mod:`edgevqa.eval.caption_metrics`; CIDEr-D's idf comes
 from the evaluated references, so compare CIDEr only between models evaluated on the same split.
 
 Caption models are training runs of ``--recipe caption`` (and ``dapt`` / ``dapt-sd``, whose text
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from edgevqa import atomic
-from edgevqa.caption_metrics import evaluate_captions
 from edgevqa.data.captions import CaptionRecord, captions_path, load_captions
 from edgevqa.errors import InputError
+from edgevqa.eval.caption_metrics import evaluate_captions
 
 log = logging.getLogger("edgevqa.eval")
 
@@ -76,13 +76,13 @@ def caption_images(run: Path, images: list[Path], threads: int = 0, batch: int =
     """One caption per image from the run (any LoRA merged), by paper 002's beam search."""
     import torch
 
-    from edgevqa.export.merge import merge_run
+    from edgevqa.export.merge import load_run
     from edgevqa.train.caption import generate_captions
     from edgevqa.train.data import ImageCache
 
     if threads:
         torch.set_num_threads(threads)
-    loaded = merge_run(run, None, None).loaded
+    loaded = load_run(run).loaded
     cache = ImageCache(loaded.image)
     out: list[str] = []
     for s in range(0, len(images), batch):
@@ -93,7 +93,7 @@ def caption_images(run: Path, images: list[Path], threads: int = 0, batch: int =
 
 def run_caption_eval(cfg: Any, kind: str) -> dict[str, Any]:
     """Caption the split's images with ``cfg.model`` and score them; writes eval.json, eval.md and
-    predictions.jsonl to ``cfg.out_dir``. ``cfg`` is an :class:`edgevqa.evaluate.EvalConfig`."""
+    predictions.jsonl to ``cfg.out_dir``. ``cfg`` is an :class:`edgevqa.eval.evaluate.EvalConfig`."""
     recipe = check_caption_model(cfg.model, kind)
     records = load_captions(cfg.data, cfg.split)
     refs = by_image(records[: cfg.limit] if cfg.limit else records, cfg.data)

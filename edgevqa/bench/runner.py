@@ -1,6 +1,6 @@
 """``edgevqa bench``: PyTorch vs every ONNX precision of a bundle, on the same inputs, in one run.
 
-Each backend runs in its own subprocess (bench_worker.py) one after the other, so latencies do
+Each backend runs in its own subprocess (bench/worker.py) one after the other, so latencies do
 not compete for cores and each peak RSS belongs to one backend. Reported per backend: exact-match
 accuracy (overall / closed / open / per category), agreement with PyTorch's answers, latency per
 answer (p50, p95, mean, std over all timed answers), peak RSS, bytes on disk; plus the
@@ -30,7 +30,7 @@ from edgevqa import atomic
 from edgevqa.bundle import load_manifest
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
-from edgevqa.metrics import agreement, majority_baseline, record_accuracy
+from edgevqa.eval.metrics import agreement, majority_baseline, record_accuracy
 from edgevqa.runtime.backends import probe
 
 log = logging.getLogger("edgevqa.bench")
@@ -64,7 +64,7 @@ def _run_process(spec: dict[str, Any], folder: Path, env: dict[str, str]) -> dic
     what = "first start of" if spec.get("prime_only") else "measuring"
     log.info("bench: %s %s on %d inputs", what, spec["backend"], len(spec["items"]))
     proc = subprocess.run(
-        [sys.executable, "-m", "edgevqa.bench_worker", str(spec_path), str(out_path)],
+        [sys.executable, "-m", "edgevqa.bench.worker", str(spec_path), str(out_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -113,7 +113,7 @@ def torch_bytes(run: Path) -> int:
     """Weights PyTorch loads for a run: its model/, or its base model plus the LoRA adapter."""
     from edgevqa import config
     from edgevqa.config import TrainConfig
-    from edgevqa.train.models import resolve_model_dir
+    from edgevqa.train.base import resolve_model_dir
 
     if (run / "model").is_dir():
         return dir_bytes([run / "model"])
@@ -308,7 +308,7 @@ def arch_uses(arch: str, question_tokens: int, answer_tokens: int) -> list[Any]:
     """How one answer of the random-weight ``arch`` uses its graphs (floor.Use): BLIP's vision
     encoder sees the patches and the class token, the question encoder the question, and the
     decoder step one new token per call."""
-    from edgevqa import floor
+    from edgevqa.bench import floor
     from edgevqa.train import models
 
     v = models.blip_config(arch).vision_config
@@ -323,7 +323,7 @@ def matmul_floors(
     fp32_dir: Path, uses: list[Any], precisions: tuple[str, ...], work: Path
 ) -> dict[str, dict[str, Any]]:
     """floor.py for each CPU precision of a bundle (fp16 is for GPUs; calibrated int8 needs data)."""
-    from edgevqa import floor
+    from edgevqa.bench import floor
     from edgevqa.export.quantize import QUANTIZERS
 
     return {
@@ -346,44 +346,28 @@ def build_arch_bundle(
     """Random-weight model saved for PyTorch and exported for onnxruntime (same weights)."""
     import torch
     from PIL import Image
-    from transformers import BlipForQuestionAnswering
 
-    from edgevqa.export import specs
     from edgevqa.export.exporter import make_manifest, seal, write_graphs
-    from edgevqa.train import models
+    from edgevqa.families import registry
     from edgevqa.train.tokenizer import build_wordpiece_tokenizer
 
     work.mkdir(parents=True, exist_ok=True)
     tok = build_wordpiece_tokenizer(words, work / "tokenizer")
-    ids = {
-        "bos_token_id": tok.bos_token_id,
-        "sep_token_id": tok.sep_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
     torch.manual_seed(0)
-    cfg = models.blip_config(arch, token_ids=ids)
-    model = BlipForQuestionAnswering(cfg).eval()
-    spec_img = models.image_spec_for(cfg.vision_config.image_size)
+    family = registry.get(registry.family_of_arch(arch))
+    fam = registry.side(family.family, "train")
+    loaded = fam.arch(arch, tok)
+    model = loaded.model
     log.info("bench: %s has %.1f M parameters", arch, sum(p.numel() for p in model.parameters()) / 1e6)
     with atomic.directory(model_dir, overwrite=True) as tmp:
-        models.save_model_dir(models.Loaded(model, tok, spec_img, arch), tmp)
-    family = specs.get(models.FAMILY)
+        fam.save_model_dir(loaded, tmp)
     with atomic.directory(bundle, overwrite=True) as tmp:
         write_graphs(model, family, tmp, list(precisions))
         tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        seal(
-            tmp,
-            make_manifest(
-                model,
-                tok,
-                spec_img,
-                family,
-                list(precisions),
-                64,
-                answer_tokens,
-                {"arch": arch, "random_weights": True},
-            ),
+        manifest = make_manifest(
+            loaded, family, list(precisions), 64, answer_tokens, {"arch": arch, "random_weights": True}
         )
+        seal(tmp, manifest)
     rng = np.random.default_rng(0)
     image = work / "image.png"
     Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8), mode="L").save(image)

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from edgevqa import atomic
-from edgevqa.caption_eval import is_caption_task, markdown_captions, run_caption_eval
 from edgevqa.data.records import SPLITS, VQARecord, load_split
 from edgevqa.errors import InputError
-from edgevqa.metrics import majority_predictions, robustness, vqa_scores
+from edgevqa.eval.captions import is_caption_task, markdown_captions, run_caption_eval
+from edgevqa.eval.metrics import majority_predictions, robustness, vqa_scores
 from edgevqa.runtime.decoding import SamplingOptions
 
 log = logging.getLogger("edgevqa.eval")
@@ -149,40 +149,25 @@ def answer_run(cfg: EvalConfig, records: list[VQARecord], progress: bool = False
     import torch
     from tqdm.auto import tqdm
 
-    from edgevqa.export.merge import merge_run
-    from edgevqa.train.data import ImageCache, encode_records
-    from edgevqa.train.infer import generate_answers, strip_answer
+    from edgevqa.export.merge import load_run
+    from edgevqa.families import registry
+    from edgevqa.train.data import ImageCache
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    merged = merge_run(Path(cfg.model), None, None)
+    merged = load_run(Path(cfg.model))
     model, tok, tcfg = merged.loaded.model.eval(), merged.loaded.tokenizer, merged.train_cfg
-    enc = encode_records(records, cfg.data, tok, tcfg.max_question_tokens, tcfg.max_answer_tokens)
+    fam = registry.side(tcfg.family, "train")
+    enc = fam.encode(merged.loaded, records, cfg.data, tcfg)
     images = ImageCache(merged.loaded.image)
-    greedy = generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress).texts
+    greedy = fam.generate_answers(model, tok, enc, images, tcfg.max_answer_tokens, progress=progress).texts
     samples = []
     if cfg.samples and cfg.sampling.temperature == 0:  # greedy: every sample is the greedy answer
         samples = [[g] * cfg.samples for g in greedy]
     elif cfg.samples:
-        s = cfg.sampling
         for i in tqdm(range(len(records)), desc="pytorch samples", disable=not progress, leave=False):
             torch.manual_seed(int(question_seed(cfg.seed, i).generate_state(1)[0]))
-            q = torch.tensor([enc.question_ids[i]], dtype=torch.long)
-            with torch.inference_mode():
-                out = model.generate(
-                    input_ids=q,
-                    pixel_values=torch.from_numpy(images.get(enc.image_paths[i]))[None],
-                    attention_mask=torch.ones_like(q),
-                    max_new_tokens=tcfg.max_answer_tokens,
-                    do_sample=True,
-                    temperature=s.temperature,
-                    top_k=s.top_k,
-                    top_p=s.top_p,
-                    num_beams=1,
-                    num_return_sequences=cfg.samples,
-                )
-            ids = [strip_answer(seq, tok.sep_token_id, tok.pad_token_id) for seq in out.tolist()]
-            samples.append([tok.decode(x, skip_special_tokens=True) for x in ids])
+            samples.append(fam.sample_answers(merged.loaded, enc, images, i, cfg.samples, cfg.sampling, tcfg))
     return Answers(greedy, samples if cfg.samples else None, {"kind": "run", "backend": "pytorch"})
 
 
@@ -204,7 +189,7 @@ def evaluate(
         greedy: one answer per record.
         samples: per record, its sampled answers (None: no robustness).
         train: training records for the majority-answer baseline (None: no baseline).
-        min_differing: see :func:`edgevqa.metrics.robustness`.
+        min_differing: see :func:`edgevqa.eval.metrics.robustness`.
     """
     out: dict[str, Any] = {"task": "vqa", "scores": vqa_scores(greedy, records)}
     if samples is not None:
@@ -223,7 +208,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     Writes ``eval.json``, ``eval.md`` and ``predictions.jsonl`` to ``cfg.out_dir`` (each atomically).
 
-    Captions (``{split}.captions.jsonl``) are evaluated by :mod:`edgevqa.caption_eval` when the
+    Captions (``{split}.captions.jsonl``) are evaluated by :mod:`edgevqa.eval.captions` when the
     folder has no questions for the split, or the run is a caption model.
 
     Raises:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("edgevqa.floor")
+log = logging.getLogger("edgevqa.bench.floor")
 
 
 @dataclass(frozen=True)

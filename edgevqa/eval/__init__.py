@@ -1,0 +1,1 @@
+"""Evaluation: answer metrics, caption metrics, and the one evaluation of runs and bundles."""

@@ -1,0 +1,1 @@
+"""One module per model family on the training side (see edgevqa/families)."""
