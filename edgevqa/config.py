@@ -138,7 +138,14 @@ class TrainConfig:
 @dataclass
 class ExportConfig:
     run: str = ""
-    """Training run folder (RUN) to export."""
+    """What to export: a training run (RUN), a local model folder (save_pretrained layout) or a
+    Hugging Face id."""
+    adapter: str = ""
+    """A peft (LoRA) adapter folder saved elsewhere, merged into the model before export."""
+    max_question_tokens: int = 32
+    """Model folders and hub ids: the longest question (prefix LMs: prompt text) the bundle takes."""
+    max_answer_tokens: int = 8
+    """Model folders and hub ids: the most answer tokens the bundle generates."""
     out: str = ""
     """Bundle folder to write."""
     precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])

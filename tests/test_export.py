@@ -17,6 +17,8 @@ def test_fidelity_report(bundle):
     fid = json.loads((bundle / "fidelity.json").read_text())
     fp32 = fid["precisions"]["fp32"]
     assert fp32["answer_agreement"] == 1.0 and fp32["sequence_agreement"] == 1.0
+    assert fp32["teacher_forced_top1"] == 1.0  # PyTorch's answers fed back: its next token each time
+    assert 0.9 <= fid["precisions"]["int8"]["teacher_forced_top1"] <= 1.0
     for graph, rep in fp32["graphs"].items():
         assert rep["within_atol"], (graph, rep)
     assert set(fid["precisions"]["int8"]["graphs"]) == {"vision_encoder", "question_encoder", "decoder_step"}
@@ -280,3 +282,16 @@ def test_int4_decoder_ships_4bit_weights_only_where_memory_bound(lora_run, tmp_p
     assert 0 <= rep["answer_agreement"] <= 1 and rep["n"] == 20
     rec = load_split(synth_data, "test")[0]
     assert VQAPipeline.from_bundle(out).ask(rec.image_path(synth_data), rec.question).token_ids
+
+
+def test_teacher_forced_top1_is_the_greedy_answer_and_sees_a_wrong_one(bundle, synth_data):
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+
+    pipe = VQAPipeline.from_bundle(bundle, precision="fp32")
+    r = load_split(synth_data, "test")[0]
+    path = r.image_path(synth_data)
+    ids = pipe.ask(path, r.question).token_ids
+    assert pipe.teacher_forced(path, r.question, ids) == ids  # greedy: each token is the argmax
+    wrong = [(ids[0] + 1) % 50 + 5, *ids[1:]]
+    assert pipe.teacher_forced(path, r.question, wrong)[0] == ids[0]

@@ -4,7 +4,7 @@ Everything is written into a temporary folder that is renamed to ``--out`` only 
 passed, so a failed or refused export leaves nothing behind.
 
 Example:
-    >>> from edgevqa.config import ExportConfig
+    >>> from edgevqa.config import ExportConfig, TrainConfig
     >>> export(ExportConfig(run="runs/lora", out="bundle"))  # doctest: +SKIP
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgevqa import __version__, atomic, bundle
-from edgevqa.config import ExportConfig
+from edgevqa.config import ExportConfig, TrainConfig
 from edgevqa.data.records import VQARecord, load_split
 from edgevqa.errors import InputError, ValidationError
 from edgevqa.eval.metrics import record_accuracy
@@ -68,7 +68,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
     built_for = tensorrt.device_info() if cfg.trt else None  # no GPU or TensorRT: fail before any work
     precisions = cfg.precisions
-    tcfg = merge.read_run(run)
+    tcfg, model_src, adapter = source(cfg, data)
     data = data or tcfg.data
     records = validation_records(data, cfg.validate_limit)
     fam = registry.side(tcfg.family, "train")
@@ -81,10 +81,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         return fam.encode(loaded, records, data, tcfg)
 
     with step("merge"):
-        adapter = run / "adapter" if (run / "adapter").is_dir() else None
-        merged, enc = merge.merge_run(
-            tcfg, tcfg.base if adapter else str(run / "model"), adapter, encode, images_for
-        )
+        merged, enc = merge.merge_run(tcfg, model_src, adapter, encode, images_for)
     model, image_spec, tok = merged.loaded.model, merged.loaded.image, merged.loaded.tokenizer
     spec = registry.get(tcfg.family)
     xfam = registry.side(tcfg.family, "export")
@@ -97,7 +94,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
             [*precisions, *([] if "fp32" in precisions else ["fp32"])],  # fp32 exists until sealed
             tcfg.max_question_tokens,
             tcfg.max_answer_tokens,
-            {"run": str(run.resolve()), "base": tcfg.base, "lora": merged.lora},
+            {"run": str(run.resolve()) if run.exists() else cfg.run, "base": tcfg.base, "lora": merged.lora},
             tensorrt=cfg.trt,
         )
         bundle.write_manifest(tmp, manifest)
@@ -128,6 +125,44 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         seal(tmp, manifest)
     log.info("bundle written to %s", out)
     return out
+
+
+def source(cfg: ExportConfig, data: str | None) -> tuple[TrainConfig, str, Path | None]:
+    """(training config, plain model to load, adapter or None) for a RUN, a model folder or a hub id.
+
+    A RUN exports its model/ or its base with its adapter/; a model folder or hub id needs
+    ``--data`` (the fidelity gate's validation questions) and takes ``--adapter`` for a LoRA
+    adapter saved elsewhere.
+    """
+    from edgevqa.train import setup
+
+    run = Path(cfg.run).expanduser()
+    adapter = Path(cfg.adapter).expanduser() if cfg.adapter else None
+    if adapter is not None and not adapter.is_dir():
+        raise InputError(f"--adapter {cfg.adapter}: no such folder")
+    is_run = (run / "config.json").is_file() and ((run / "model").is_dir() or (run / "adapter").is_dir())
+    if is_run:
+        tcfg = merge.read_run(run)
+        if adapter is None and (run / "adapter").is_dir():
+            return tcfg, tcfg.base, run / "adapter"
+        return tcfg, str(run / "model"), adapter
+    if (run / "config.json").is_file() and '"recipe"' in (run / "config.json").read_text("utf-8"):
+        merge.read_run(run)  # a RUN that did not finish: says so
+    if not data:
+        raise InputError(
+            f"exporting {cfg.run} (a model, not a training run) needs --data DIR: the validation "
+            "questions the fidelity gate compares PyTorch and the bundle on"
+        )
+    family = setup.family_of_base(str(run) if run.exists() else cfg.run)
+    base = str(run.resolve()) if run.exists() else cfg.run
+    tcfg = TrainConfig(
+        base=base,
+        family=family,
+        data=data,
+        max_question_tokens=cfg.max_question_tokens,
+        max_answer_tokens=cfg.max_answer_tokens,
+    )
+    return tcfg, base, adapter
 
 
 def calibrated_int8(root: Path, spec: FamilySpec, cfg: ExportConfig, data: str) -> Any:
@@ -230,13 +265,18 @@ class Validator:
         backend = "trt-engine" if p in tensorrt.SOURCES else "cpu"  # ONNX precisions: validated on CPU
         pipe = VQAPipeline.from_bundle(root, precision=p, verify=False, backend=backend)
         graphs = validate.compare_graphs(self.model, self.spec, pipe.sessions, self.feeds)
-        ids, texts = [], []
-        pairs = list(zip(self.records, self.enc.image_paths))
-        for r, path in tqdm(pairs, desc=f"onnx {p}", disable=not self.progress, leave=False):
+        ids, texts, same, total = [], [], 0, 0
+        pairs = list(zip(self.records, self.enc.image_paths, self.ref.token_ids))
+        for r, path, ref in tqdm(pairs, desc=f"onnx {p}", disable=not self.progress, leave=False):
             a = pipe.ask(path, r.question)
             ids.append(a.token_ids)
             texts.append(a.text)
+            top1 = pipe.teacher_forced(path, r.question, ref)
+            same += sum(x == y for x, y in zip(top1, ref))
+            total += len(ref)
         rep = {"graphs": graphs, **validate.compare_answers(self.ref, ids, texts, self.records)}
+        # PyTorch's answer fed back token by token: how often the graphs pick its next token
+        rep["teacher_forced_top1"] = same / max(total, 1)
         log.info("%s: answer agreement with PyTorch %.4f", p, rep["answer_agreement"])
         return rep
 

@@ -2,7 +2,8 @@
 
 ``compare_graphs`` feeds the same validation inputs (the family's ``graph_inputs``) to each torch
 wrapper and its onnxruntime session (fp32 must stay within the spec's atol; lower precisions are
-recorded). ``compare_answers`` runs the torch-free runtime on validation questions and compares with transformers' generate.
+recorded). ``compare_answers`` runs the torch-free runtime on validation questions and compares
+with transformers' generate.
 """
 
 from __future__ import annotations

@@ -272,6 +272,16 @@ class VQAPipeline:
         clean = self.manifest.text.clean_up_tokenization_spaces
         return [Answer(self.tokenizer.decode(ids, clean), ids) for ids in out]
 
+    def teacher_forced(self, image: Any, question: str, ids: list[int]) -> list[int]:
+        """The runtime's top-1 token at each position of ``ids`` (an answer, e.g. PyTorch's), given
+        the answer tokens before it: where near-tied logits make greedy text fork, this still says
+        how often the graphs would pick the same next token."""
+        if not ids:
+            return []
+        encoding, _ = self._encoding(image)
+        first, state = self.model.start(encoding.arrays, self.question_ids(question))
+        return _teacher_forced_logits(self.model, first, state, ids)[0].argmax(-1).tolist()
+
     @property
     def max_batch(self) -> int:
         """Most rows one decoder call may take: the engines' profile maximum, else unbounded."""
@@ -304,6 +314,16 @@ class VQAPipeline:
         best = int(np.argmax(scores))
         ms = {"total_ms": round(1e3 * (time.perf_counter() - t0), 3)}
         return Answer(candidates[best], seqs[best], ms, cached, dict(zip(candidates, map(float, scores))))
+
+
+def _teacher_forced_logits(model: Any, first: np.ndarray, state: Any, ids: list[int]) -> np.ndarray:
+    """Logits [rows, len(ids), V] predicting each of ``ids`` given the ones before it."""
+    head, state = model.step(first, state)
+    logits = head[:, -1:]
+    if len(ids) > 1:
+        rest = np.asarray([ids[:-1]] * first.shape[0], dtype=np.int64)
+        logits = np.concatenate([logits, model.step(rest, state)[0]], axis=1)
+    return logits
 
 
 def choose(m: Manifest, precision: str | None, backend: str, machine: backends.Machine) -> tuple[str, str]:
