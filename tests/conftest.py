@@ -142,3 +142,60 @@ def _no_global_thread_pool(monkeypatch):
     from edgevqa.runtime import session
 
     monkeypatch.setattr(session, "use_global_pool", lambda threads=0: False)
+
+
+# -- PaliGemma: stage 0 (all weights, from scratch) -> stage 1 (projector) -> stage 2 (LoRA) -------
+
+
+def _pg_train(out: Path, **kw) -> Path:
+    from edgevqa.config import TrainConfig
+    from edgevqa.train import train
+    from edgevqa.train.recipes import config_for
+
+    common = dict(eval_every=0, checkpoint_every=0, threads=1, batch_size=16, grad_accum=1)
+    recipe = kw.pop("recipe", "default")
+    cfg = (
+        config_for(recipe, out=str(out), **common, **kw)
+        if recipe != "default"
+        else TrainConfig(out=str(out), warmup_steps=5, **common, **kw)
+    )
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def pg_base(tmp_path_factory, synth_data) -> Path:
+    out = tmp_path_factory.mktemp("pg") / "base"
+    return _pg_train(out, base="tiny-paligemma", data=str(synth_data), max_steps=30, lr=2e-3, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def pg_projector(tmp_path_factory, synth_data, pg_base) -> Path:
+    out = tmp_path_factory.mktemp("pg") / "projector"
+    return _pg_train(out, recipe="projector", init=str(pg_base), data=str(synth_data), max_steps=4)
+
+
+@pytest.fixture(scope="session")
+def pg_lora(tmp_path_factory, synth_data, pg_projector) -> Path:
+    out = tmp_path_factory.mktemp("pg") / "lora"
+    return _pg_train(out, recipe="lora", init=str(pg_projector), data=str(synth_data), max_steps=4, lr=5e-3)
+
+
+@pytest.fixture(scope="session")
+def pg_bundle(tmp_path_factory, pg_lora) -> Path:
+    """The stage-2 run's own model folder with its adapter given separately (as a published
+    fine-tune is), exported with every CPU precision."""
+    from edgevqa.config import ExportConfig
+    from edgevqa.export import export
+    from edgevqa.export.merge import read_run
+
+    out = tmp_path_factory.mktemp("pg-bundles") / "bundle"
+    base = read_run(pg_lora).base  # the projector run's model/ (HF format)
+    cfg = ExportConfig(
+        run=str(Path(base) / "model"),
+        adapter=str(pg_lora / "adapter"),
+        out=str(out),
+        precisions=["fp32", "int8", "int4"],
+        validate_limit=24,
+        force=True,
+    )
+    return export(cfg, data=read_run(pg_lora).data, progress=False)

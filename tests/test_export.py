@@ -50,8 +50,8 @@ def test_graphs_match_torch_over_a_shape_grid(lora_run):
     import torch
 
     from edgevqa.export import onnx as export_onnx
-    from edgevqa.families import registry as specs
     from edgevqa.export.merge import load_run
+    from edgevqa.families import registry as specs
 
     model = load_run(lora_run).loaded.model
     spec = specs.get("blip-vqa")
@@ -60,7 +60,8 @@ def test_graphs_match_torch_over_a_shape_grid(lora_run):
         export_onnx.export_graph(model, spec, g.name, path)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for batch, question, past, new in [(1, 5, 0, 1), (3, 9, 4, 1), (2, 3, 2, 3)]:
-            feed = export_onnx.dummy_inputs(spec.family, model, g.name, batch=batch, question=question, past=past, new=new)
+            sizes = dict(batch=batch, question=question, past=past, new=new)
+            feed = export_onnx.dummy_inputs(spec.family, model, g.name, **sizes)
             with torch.inference_mode():
                 ref = export_onnx.wrapper(spec.family, g.name, model)(**feed)
             ref = ref if isinstance(ref, tuple) else (ref,)

@@ -15,8 +15,8 @@ import pytest
 from conftest import edgevqa_cmd, ruining
 
 from edgevqa.errors import BundleError, InputError
-from edgevqa.families import registry as specs
 from edgevqa.export import tensorrt as trt_export
+from edgevqa.families import registry as specs
 from edgevqa.runtime import backends
 from edgevqa.runtime.backends import Gpu, Machine
 
