@@ -172,16 +172,18 @@ def train(
     recipe: Annotated[
         str,
         typer.Option(
-            help="default (tiny-blip from scratch), vqa (paper 000 fine-tune), dapt / dapt-sd (paper 000 "
-            "pretraining on captions, + self-distillation), caption (paper 002). Explicit flags override "
-            "the recipe's settings."
+            help="default (a preset from scratch, or all weights), vqa (paper 000 fine-tune), dapt / "
+            "dapt-sd (paper 000 pretraining on captions, + self-distillation), caption (paper 002); "
+            "PaliGemma: projector (papers 003/004 stage 1), lora (stage 2, --init the stage 1 run). "
+            "Explicit flags override the recipe's settings."
         ),
     ] = "default",
     base: Annotated[
         str | None,
         typer.Option(
-            help="tiny-blip, a Hugging Face id (Salesforce/blip-vqa-base), a model "
-            "folder or a previous RUN (default: tiny-blip)."
+            help="tiny-blip, tiny-paligemma, a Hugging Face id (Salesforce/blip-vqa-base, "
+            "google/paligemma-3b-pt-224), a model folder or a previous RUN (default: tiny-blip). "
+            "Its model type picks the family; other types are refused."
         ),
     ] = None,
     init: Annotated[
@@ -215,7 +217,17 @@ def train(
     max_caption_tokens: Annotated[
         int | None, typer.Option(help="Caption tokens kept (dapt: 64, caption: 128)." + _R)
     ] = None,
-    image_size: Annotated[int, typer.Option(help="Input size of the tiny-blip preset.")] = 64,
+    image_size: Annotated[int, typer.Option(help="Input size of the tiny presets.")] = 64,
+    prompt_template: Annotated[
+        str | None,
+        typer.Option(
+            help="PaliGemma: the prompt around the question, with {question} "
+            "(default: 'answer en {question}')."
+        ),
+    ] = None,
+    lr_schedule: Annotated[
+        str | None, typer.Option(help="cosine or constant (after the warm-up)." + _R)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     eval_every: Annotated[
         int | None, typer.Option(help="Validation every N steps (0: only at the end)." + _R)
@@ -228,7 +240,7 @@ def train(
         bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
     ] = False,
 ) -> None:
-    """Train BLIP VQA, or pretrain / caption-tune it for a later VQA run (see --recipe).
+    """Train a VQA model (BLIP or PaliGemma), or pretrain / caption-tune BLIP for a later VQA run.
 
     Settings, lowest precedence first: the built-in defaults, the recipe's (edgevqa/train/recipes.py),
     then the flags given here. The resolved settings are saved in RUN/config.json.
@@ -259,6 +271,8 @@ def train(
         patience=patience,
         max_caption_tokens=max_caption_tokens,
         image_size=image_size,
+        prompt=prompt_template,
+        lr_schedule=lr_schedule,
         seed=seed,
         eval_every=eval_every,
         device=device,
@@ -294,8 +308,20 @@ def _train_summary(run: Path, report: dict) -> list[str]:
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="Training run folder.")],
+    run: Annotated[
+        Path,
+        typer.Argument(help="A training run, a model folder (save_pretrained layout) or a Hugging Face id."),
+    ],
     out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
+    adapter: Annotated[
+        Path | None, typer.Option(help="A peft (LoRA) adapter folder to merge in (one saved elsewhere).")
+    ] = None,
+    max_question_tokens: Annotated[
+        int, typer.Option(help="Model folders and hub ids: longest question (PaliGemma: prompt) in tokens.")
+    ] = 32,
+    max_answer_tokens: Annotated[
+        int, typer.Option(help="Model folders and hub ids: most answer tokens generated.")
+    ] = 8,
     precision: Annotated[
         list[str],
         typer.Option(
@@ -346,6 +372,9 @@ def export(
 
     cfg = ExportConfig(
         run=str(run),
+        adapter=str(adapter) if adapter else "",
+        max_question_tokens=max_question_tokens,
+        max_answer_tokens=max_answer_tokens,
         out=str(out),
         precisions=_precisions(precision),
         validate_limit=validate_limit,
@@ -659,12 +688,21 @@ def demo(
     fast: Annotated[
         bool, typer.Option(help="A much shorter run (smoke test; accuracy will be low).")
     ] = False,
+    family: Annotated[
+        str,
+        typer.Option(
+            help="Model family: blip-vqa (tiny-blip -> LoRA) or paligemma (tiny-paligemma -> "
+            "projector stage -> LoRA stage)."
+        ),
+    ] = "blip-vqa",
 ) -> None:
     """The whole loop on the embedded default: synth data -> train -> LoRA -> export -> ask -> bench."""
     _need("torch", "transformers", "peft", "onnx", "onnxscript")
     from edgevqa import demo as demo_mod
+    from edgevqa.families import registry
 
-    typer.echo(demo_mod.run(workdir, fast=fast))
+    registry.get(family)  # an unknown family: one line, before any work
+    typer.echo(demo_mod.run(workdir, fast=fast, family=family))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """``edgevqa demo``: the whole loop on the embedded default, end to end, honestly measured.
 
-1. synthesise the radiology VQA set          -> WORKDIR/data
-2. train tiny-blip from scratch (all weights) -> WORKDIR/runs/base
-3. adapt it with LoRA (peft)                  -> WORKDIR/runs/lora
-4. merge + export + validate (fp32, int8)     -> WORKDIR/bundle
-5. answer one test question, torch-free       (the runtime)
-6. bench PyTorch vs ONNX on the test split    -> WORKDIR/report
+1. synthesise the radiology VQA set              -> WORKDIR/data
+2. train the family's stages (its DEMO_STAGES)   -> WORKDIR/runs/<stage>
+   blip-vqa:  tiny-blip from scratch (all weights), then LoRA (peft)
+   paligemma: tiny-paligemma from scratch, then stage 1 (projector only), then stage 2 (LoRA on the
+              attention of the vision tower and the LM), as papers 003/004 chain them
+3. merge + export + validate (fp32, int8, int4)  -> WORKDIR/bundle
+4. answer one test question, torch-free           (the runtime)
+5. bench PyTorch vs ONNX on the test split        -> WORKDIR/report
 
 A step whose output is already complete is skipped, so an interrupted demo continues.
 """
@@ -20,77 +22,50 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgevqa.config import ExportConfig, TrainConfig
+from edgevqa.config import ExportConfig
 
 log = logging.getLogger("edgevqa.demo")
 
 
 @dataclass(frozen=True)
-class DemoPlan:
-    n_images: int = 3000
-    # measured on 2 cores: 4000 steps at 64 px learn every category, side and count included
-    base_steps: int = 4000
-    base_lr: float = 1e-3
-    lora_steps: int = 300
-    lora_lr: float = 1e-3
-    batch_size: int = 32
+class Stage:
+    """One training run of a family's demo chain; each stage starts from the one before."""
+
+    name: str  # the run folder under WORKDIR/runs
+    recipe: str = "default"
+    base: str = ""  # a preset for the first stage; later stages --init the previous run
+    steps: int = 300
+    fast_steps: int = 20  # --fast (a smoke test)
+    lr: float = 1e-3
+    warmup: int = 50
+    lora: bool = False
 
 
-FAST = DemoPlan(n_images=300, base_steps=60, lora_steps=20)
-
-
-def run(workdir: Path, fast: bool = False) -> str:
+def run(workdir: Path, fast: bool = False, family: str = "blip-vqa") -> str:
     from edgevqa.bench import runner as bench
     from edgevqa.data.records import load_split
     from edgevqa.data.synth import SynthConfig, generate
     from edgevqa.export import export
+    from edgevqa.families import registry
     from edgevqa.runtime import VQAPipeline
-    from edgevqa.train import train
 
-    plan = FAST if fast else DemoPlan()
+    stages = registry.side(family, "train").DEMO_STAGES
     workdir = Path(workdir)
-    data, base, lora = workdir / "data", workdir / "runs" / "base", workdir / "runs" / "lora"
-    bundle, report_dir = workdir / "bundle", workdir / "report"
+    data, bundle, report_dir = workdir / "data", workdir / "bundle", workdir / "report"
     t0 = time.perf_counter()
-
+    n_images = 300 if fast else 3000
     if not (data / "dataset.json").is_file():
-        log.info("[1/6] synthesising %d images -> %s", plan.n_images, data)
-        generate(data, SynthConfig(n_images=plan.n_images, seed=0), overwrite=True)
-    if not (base / "eval.json").is_file():
-        log.info("[2/6] training tiny-blip from scratch -> %s", base)
-        train(
-            TrainConfig(
-                base="tiny-blip",
-                data=str(data),
-                out=str(base),
-                max_steps=plan.base_steps,
-                lr=plan.base_lr,
-                batch_size=plan.batch_size,
-                eval_every=0,
-            ),
-            resume=_resumable(base),
-        )
-    if not (lora / "eval.json").is_file():
-        log.info("[3/6] LoRA adaptation -> %s", lora)
-        train(
-            TrainConfig(
-                base=str(base),
-                data=str(data),
-                out=str(lora),
-                lora=True,
-                max_steps=plan.lora_steps,
-                lr=plan.lora_lr,
-                warmup_steps=min(50, plan.lora_steps // 4),
-                batch_size=plan.batch_size,
-                eval_every=0,
-            ),
-            resume=_resumable(lora),
-        )
+        log.info("[1/5] synthesising %d images -> %s", n_images, data)
+        generate(data, SynthConfig(n_images=n_images, seed=0), overwrite=True)
+    previous = None
+    for i, stage in enumerate(stages, 1):
+        previous = train_stage(workdir / "runs" / stage.name, stage, data, previous, fast)
+        log.info("[2/5] stage %d/%d (%s) done -> %s", i, len(stages), stage.name, previous)
     if not (bundle / "manifest.json").is_file():
-        log.info("[4/6] export -> %s", bundle)
+        log.info("[3/5] export -> %s", bundle)
         export(
             ExportConfig(
-                run=str(lora),
+                run=str(previous),
                 out=str(bundle),
                 precisions=["fp32", "int8", "int4"],
                 overwrite=True,
@@ -100,16 +75,42 @@ def run(workdir: Path, fast: bool = False) -> str:
     rec = load_split(data, "test")[0]
     answer = VQAPipeline.from_bundle(bundle, precision="int8").ask(rec.image_path(data), rec.question)
     log.info(
-        "[5/6] torch-free answer: %r -> %r (truth %r), %.1f ms",
+        "[4/5] torch-free answer: %r -> %r (truth %r), %.1f ms",
         rec.question,
         answer.text,
         rec.answer,
         answer.timings_ms["total_ms"],
     )
-    log.info("[6/6] bench -> %s", report_dir)
+    log.info("[5/5] bench -> %s", report_dir)
     report = bench.bench_bundle(bundle, data, report_dir)
-    train_report = json.loads((lora / "eval.json").read_text())
+    train_report = json.loads((previous / "eval.json").read_text())
     return summary(report, train_report, time.perf_counter() - t0, workdir, rec, answer.text)
+
+
+def train_stage(out: Path, stage: Stage, data: Path, previous: Path | None, fast: bool) -> Path:
+    """Train one stage unless its run is complete (an interrupted one resumes)."""
+    from edgevqa.train import train
+    from edgevqa.train.recipes import config_for
+
+    if (out / "eval.json").is_file():
+        return out
+    steps = stage.fast_steps if fast else stage.steps
+    start = {"base": stage.base} if previous is None else {"init": str(previous)}
+    cfg = config_for(
+        stage.recipe,
+        **start,
+        data=str(data),
+        out=str(out),
+        lora=stage.lora or None,
+        max_steps=steps,
+        lr=stage.lr,
+        warmup_steps=min(stage.warmup, steps // 4),
+        batch_size=32,
+        grad_accum=1,
+        eval_every=0,
+    )
+    train(cfg, resume=_resumable(out))
+    return out
 
 
 def _resumable(run: Path) -> bool:

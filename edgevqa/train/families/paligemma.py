@@ -25,6 +25,7 @@ import numpy as np
 
 from edgevqa.bundle import ImageSpec
 from edgevqa.config import TrainConfig
+from edgevqa.demo import Stage
 from edgevqa.errors import InputError
 from edgevqa.families import registry
 from edgevqa.train import lora
@@ -34,6 +35,12 @@ from edgevqa.train.data import ImageCache, pad
 FAMILY = "paligemma"
 RECIPES = ("default", "projector", "lora")
 DEFAULT_PROMPT = "answer en {question}"  # papers 003/004 and PaliGemma's own VQA prefix
+# the demo (edgevqa/demo.py): from scratch, then the papers' two stages on the same data
+DEMO_STAGES = (
+    Stage("base", base="tiny-paligemma", steps=1500, fast_steps=40, lr=1e-3, warmup=100),
+    Stage("projector", recipe="projector", steps=100, fast_steps=10, lr=1e-3, warmup=0),
+    Stage("lora", recipe="lora", steps=200, fast_steps=10, lr=1e-3, warmup=0),
+)
 SETTINGS = "edgevqa.json"  # beside the model: the prompt template it was trained with
 SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<image>")
 # PaliGemmaProcessor adds these when it is built; in the vocabulary already, they add nothing
