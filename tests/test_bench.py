@@ -67,6 +67,21 @@ def test_bench_arch_fixed_length_answers(tmp_path):
     assert "speed-up vs torch" in md and "4 tokens" in md and "same image" in md and "Matmul floor" in md
 
 
+def test_bench_arch_paligemma_prefill_and_steps(tmp_path):
+    """--arch on tiny-paligemma: the same greedy tokens in PyTorch and ONNX, and a floor that
+    counts the prefill (image + prompt at once, the LM head on one position) and the steps."""
+    from edgevqa.bench.runner import bench_arch
+
+    report = bench_arch("tiny-paligemma", tmp_path / "arch", repeats=2, answer_tokens=4, precisions=("fp32",))
+    b = report["backends"]
+    assert set(b) == {"torch-fp32", "onnx-fp32"}
+    assert b["onnx-fp32"]["token_agreement"] == 1.0
+    f = report["matmul_floor"]["fp32"]["by_graph"]
+    assert set(f) == {"vision_encoder", "decoder_prefill", "decoder_step"}
+    assert f["vision_encoder"]["rows"] == 16 and f["decoder_step"]["calls"] == 3
+    assert f["decoder_prefill"]["rows"] == 16 + 1 + 12 + 1  # image, bos, "answer en" + 10 words, "\n"
+
+
 def test_bench_targets_are_every_backend_and_precision_the_machine_runs(bundle):
     from edgevqa.bench.runner import targets
     from edgevqa.runtime.backends import Gpu, Machine

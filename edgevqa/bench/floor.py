@@ -36,6 +36,13 @@ class Use:
     graph: str  # graph name in the bundle, e.g. vision_encoder
     rows: int  # rows each of its weight matmuls multiplies in one call (tokens x batch)
     calls: int  # calls per answer (the decoder step: once per answer token)
+    label: str = ""  # the report's name for this use (a graph used twice: prefill and steps)
+    head_n: int = 0  # the LM head's output width (the vocabulary) ...
+    head_rows: int = 0  # ... and the rows it multiplies (a prefill picks one position's logits)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.graph
 
 
 def weight_matmuls(model: Any) -> list[tuple[Any, int, int]]:
@@ -48,9 +55,10 @@ def weight_matmuls(model: Any) -> list[tuple[Any, int, int]]:
     ]
 
 
-def matmul_graph(src: Path, dst: Path, rows: int) -> Counter[tuple[int, int]]:
+def matmul_graph(src: Path, dst: Path, rows: int, head: tuple[int, int] = (0, 0)) -> Counter[tuple[int, int]]:
     """``dst``: the weight matmuls of ``src`` with their weights, nothing else; the ones with inner
-    size K all read the input ``x_K`` of shape [rows, K]. Returns the count per (K, N)."""
+    size K all read the input ``x_K`` of shape [rows, K] (those of output width ``head[0]``, the LM
+    head, ``head[1]`` rows instead). Returns the count per (K, N)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -59,17 +67,17 @@ def matmul_graph(src: Path, dst: Path, rows: int) -> Counter[tuple[int, int]]:
     if not found:
         raise ValueError(f"{src} has no MatMul with a constant weight")
     used = {n.input[1] for n, _, _ in found}
-    nodes, outputs = [], []
+    nodes, outputs, inputs = [], [], {}
     for i, (n, k, nn) in enumerate(found):
-        nodes.append(helper.make_node("MatMul", [f"x_{k}", n.input[1]], [f"y_{i}"], name=f"matmul_{i}"))
-        outputs.append(helper.make_tensor_value_info(f"y_{i}", TensorProto.FLOAT, [rows, nn]))
+        r = head[1] if nn == head[0] else rows
+        x = f"x_{k}" if r == rows else f"x_{k}_{r}"
+        inputs[x] = helper.make_tensor_value_info(x, TensorProto.FLOAT, [r, k])
+        nodes.append(helper.make_node("MatMul", [x, n.input[1]], [f"y_{i}"], name=f"matmul_{i}"))
+        outputs.append(helper.make_tensor_value_info(f"y_{i}", TensorProto.FLOAT, [r, nn]))
     graph = helper.make_graph(
         nodes,
         f"{src.stem}_matmuls",
-        [
-            helper.make_tensor_value_info(f"x_{k}", TensorProto.FLOAT, [rows, k])
-            for k in sorted({k for _, k, _ in found})
-        ],
+        [inputs[x] for x in sorted(inputs)],
         outputs,
         [i for i in model.graph.initializer if i.name in used],
     )
@@ -143,7 +151,7 @@ def measure(
         dst = work / precision / f"{u.graph}.onnx"  # the quantizers choose by the graph's file name
         plain = work / precision / "fp32" / f"{u.graph}.onnx"
         plain.parent.mkdir(parents=True, exist_ok=True)
-        shapes = matmul_graph(fp32_dir / f"{u.graph}.onnx", plain, u.rows)
+        shapes = matmul_graph(fp32_dir / f"{u.graph}.onnx", plain, u.rows, (u.head_n, u.head_rows))
         if quantize is None:
             plain.replace(dst)
         else:
@@ -151,7 +159,7 @@ def measure(
             plain.unlink()
         ms = timer(dst, repeats)
         best = float(np.min(ms))
-        by_graph[u.graph] = {
+        by_graph[u.name] = {
             "rows": u.rows,
             "calls": u.calls,
             "matmuls": sum(shapes.values()),

@@ -305,18 +305,13 @@ def _measure_arch(
 
 
 def arch_uses(arch: str, question_tokens: int, answer_tokens: int) -> list[Any]:
-    """How one answer of the random-weight ``arch`` uses its graphs (floor.Use): BLIP's vision
-    encoder sees the patches and the class token, the question encoder the question, and the
-    decoder step one new token per call."""
-    from edgevqa.bench import floor
-    from edgevqa.train import models
+    """How one answer of the random-weight ``arch`` uses its graphs (floor.Use), as its family
+    runs them (export/families/<family>.py: floor_uses)."""
+    from edgevqa.families import registry
 
-    v = models.blip_config(arch).vision_config
-    return [
-        floor.Use("vision_encoder", (v.image_size // v.patch_size) ** 2 + 1, 1),
-        floor.Use("question_encoder", question_tokens, 1),
-        floor.Use("decoder_step", 1, answer_tokens),
-    ]
+    family = registry.family_of_arch(arch)
+    config = registry.side(family, "train").arch_config(arch)
+    return registry.side(family, "export").floor_uses(config, question_tokens, answer_tokens)
 
 
 def matmul_floors(
@@ -349,13 +344,12 @@ def build_arch_bundle(
 
     from edgevqa.export.exporter import make_manifest, seal, write_graphs
     from edgevqa.families import registry
-    from edgevqa.train.tokenizer import build_wordpiece_tokenizer
 
     work.mkdir(parents=True, exist_ok=True)
-    tok = build_wordpiece_tokenizer(words, work / "tokenizer")
     torch.manual_seed(0)
     family = registry.get(registry.family_of_arch(arch))
     fam = registry.side(family.family, "train")
+    tok = fam.arch_tokenizer(words, work / "tokenizer")
     loaded = fam.arch(arch, tok)
     model = loaded.model
     log.info("bench: %s has %.1f M parameters", arch, sum(p.numel() for p in model.parameters()) / 1e6)
@@ -371,9 +365,9 @@ def build_arch_bundle(
     rng = np.random.default_rng(0)
     image = work / "image.png"
     Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8), mode="L").save(image)
-    question = " ".join(w for w in (words * 4) if w.isalpha())  # trimmed to question_tokens below
-    enc = tok(question, add_special_tokens=True)["input_ids"][: question_tokens - 1] + [tok.sep_token_id]
-    return image, tok.decode(enc, skip_special_tokens=True)
+    # whole words of the tokenizer's own vocabulary: one token each (BLIP adds [CLS] and [SEP])
+    question = " ".join([w for w in words * 4 if w.isalpha()][: question_tokens - 2])
+    return image, question
 
 
 # ---------------------------------------------------------------------------------------------

@@ -249,3 +249,16 @@ def manifest_parts(
         vocab_size=tc.vocab_size,
     )
     return text, decoder, {}
+
+
+def floor_uses(config: Any, question_tokens: int, answer_tokens: int) -> list[Any]:
+    """How one answer uses the graphs (bench/floor.py): the vision encoder sees the patches and the
+    class token, the question encoder the question, the decoder step one new token per call."""
+    from edgevqa.bench import floor
+
+    v = config.vision_config
+    return [
+        floor.Use("vision_encoder", (v.image_size // v.patch_size) ** 2 + 1, 1),
+        floor.Use("question_encoder", question_tokens, 1),
+        floor.Use("decoder_step", 1, answer_tokens),
+    ]

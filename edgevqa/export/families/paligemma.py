@@ -287,3 +287,20 @@ def manifest_parts(
         "prompt": train_side.prompt_of(loaded),
     }
     return text, decoder, family
+
+
+def floor_uses(config: Any, question_tokens: int, answer_tokens: int) -> list[Any]:
+    """How one answer uses the graphs (bench/floor.py): the vision tower sees the patches; the
+    prefill runs the image tokens, bos, the prompt text ("answer en" + the question: the bench's
+    ``question_tokens``) and "\n" at once, the LM head on its last position only; then one decoder
+    step per further answer token."""
+    from edgevqa.bench import floor
+
+    v, t = config.vision_config, config.text_config
+    prefix = (v.image_size // v.patch_size) ** 2 + 1 + question_tokens + 1
+    vocab = t.vocab_size
+    return [
+        floor.Use("vision_encoder", (v.image_size // v.patch_size) ** 2, 1),
+        floor.Use("decoder_step", prefix, 1, label="decoder_prefill", head_n=vocab, head_rows=1),
+        floor.Use("decoder_step", 1, answer_tokens - 1),
+    ]

@@ -96,6 +96,18 @@ def teacher_forced_logits(model: Any, batch: dict[str, Any]) -> Any:
     ).logits
 
 
+def arch_tokenizer(words: list[str], out: Path) -> Any:
+    """``bench --arch``: a WordPiece tokenizer of ``words``."""
+    from edgevqa.train.tokenizer import build_wordpiece_tokenizer
+
+    return build_wordpiece_tokenizer(words, out)
+
+
+def arch_config(name: str) -> Any:
+    """``bench --arch``: the architecture's config (default special-token ids)."""
+    return models.blip_config(name)
+
+
 def arch(name: str, tokenizer: Any) -> Loaded:
     """``bench --arch``: the architecture with random weights at its real size."""
     from transformers import BlipForQuestionAnswering

@@ -78,48 +78,20 @@ def build_tokenizer(texts: list[str], out: Path) -> Any:
     return fast
 
 
-def tiny_config(tokenizer: Any, image_size: int) -> Any:
-    """A tiny PaliGemma: SigLIP 2x128 at ``image_size`` px, 16 px patches; Gemma 2x128 with
-    grouped-query attention (4 query heads, 1 key/value head, head_dim 32: a multiple of 8, as
-    onnxruntime-genai's attention kernel needs)."""
-    from transformers import PaliGemmaConfig
-
-    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-    ids["bos_token_id"] = tokenizer.bos_token_id
-    vision = dict(
-        model_type="siglip_vision_model",
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=16,
-        vision_use_head=False,
-    )
-    text = dict(
-        model_type="gemma",
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=32,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        **ids,
-    )
-    image_token = tokenizer.convert_tokens_to_ids("<image>")
-    return PaliGemmaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_token,
-        projection_dim=128,
-        vocab_size=len(tokenizer),
-        **ids,
-    )
-
-
 ARCHS = {
+    # tiny SigLIP (2 x 128) with 16 px patches; tiny Gemma (2 x 128) with grouped-query attention
+    # (4 query heads, 1 key/value head, head_dim 32: a multiple of 8, as onnxruntime-genai's
+    # attention kernel needs); the vocabulary is its tokenizer's
+    "tiny-paligemma": dict(
+        vision=dict(
+            hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            image_size=64, patch_size=16,
+        ),
+        text=dict(
+            hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
+        ),
+    ),
     # the real sizes (random weights): SigLIP So400m/14 at 224 px + Gemma 2B (257,152 tokens)
     "paligemma-3b-224": dict(
         vision=dict(
@@ -161,7 +133,7 @@ def build_preset(name: str, texts: list[str], tok_dir: Path, cfg: TrainConfig) -
     else:
         tok = build_tokenizer(texts, tok_dir)
     torch.manual_seed(cfg.seed)
-    model = PaliGemmaForConditionalGeneration(tiny_config(tok, cfg.image_size))
+    model = PaliGemmaForConditionalGeneration(arch_config(name, len(tok), cfg.image_size))
     init_sincos_positions(model)
     prompt = cfg.prompt or DEFAULT_PROMPT
     return Loaded(model, tok, image_spec(cfg.image_size), name, FAMILY, {"prompt": prompt})
@@ -182,26 +154,37 @@ def init_sincos_positions(model: Any) -> None:
         pos.copy_(sincos_2d(grid, pos.shape[1]).to(pos.dtype))
 
 
+def arch_tokenizer(words: list[str], out: Path) -> Any:
+    """``bench --arch``: the preset's tokenizer over ``words`` (its special ids are arch_config's)."""
+    return build_tokenizer(words, out)
+
+
+def arch_config(name: str, vocab: int = 0, image_size: int = 0) -> Any:
+    """The config of ``name`` (ARCHS) with build_tokenizer's special-token ids; ``vocab`` and
+    ``image_size`` override the arch's (the tiny preset takes its tokenizer's vocabulary)."""
+    from transformers import PaliGemmaConfig
+
+    ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+    sizes = ARCHS[name]
+    vision = {"model_type": "siglip_vision_model", "vision_use_head": False, **sizes["vision"]}
+    text = {"model_type": "gemma", "max_position_embeddings": 8192, **sizes["text"], **ids}
+    text["vocab_size"] = vocab or text.get("vocab_size") or len(SPECIAL) + len(EXTRA) + 1
+    vision["image_size"] = image_size or vision["image_size"]
+    return PaliGemmaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=SPECIAL.index("<image>"),
+        projection_dim=text["hidden_size"],
+        vocab_size=text["vocab_size"],
+        **ids,
+    )
+
+
 def arch(name: str, tokenizer: Any) -> Loaded:
     """``bench --arch``: the architecture with random weights at its real size."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+    from transformers import PaliGemmaForConditionalGeneration
 
-    if name == "tiny-paligemma":
-        config = tiny_config(tokenizer, 64)
-    else:
-        sizes = ARCHS[name]
-        ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-        ids["bos_token_id"] = tokenizer.bos_token_id
-        vision = {"model_type": "siglip_vision_model", "vision_use_head": False, **sizes["vision"]}
-        text = {"model_type": "gemma", "max_position_embeddings": 8192, **sizes["text"], **ids}
-        config = PaliGemmaConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            projection_dim=text["hidden_size"],
-            vocab_size=text["vocab_size"],
-            **ids,
-        )
+    config = arch_config(name, len(tokenizer))
     model = PaliGemmaForConditionalGeneration(config).eval()
     size = config.vision_config.image_size
     return Loaded(model, tokenizer, image_spec(size), name, FAMILY, {"prompt": DEFAULT_PROMPT})
