@@ -1,0 +1,40 @@
+"""A full-size architecture (random weights) on this machine: PyTorch eager fp32 vs ONNX fp32 /
+int8 / int4, one image, a 12-token question, answers of exactly 8 tokens, each backend in its own
+process, 10 timed answers after warm-up; a further question about the same image; the matmul
+floor of each precision.
+
+Why: accuracy needs trained weights, but speed and memory do not; this shows a user what the real
+model costs on their own workstation before they train anything.
+
+    python benchmarks/arch_cpu.py --arch blip-vqa-base [--out benchmarks/results/blip-vqa-base]
+    python benchmarks/arch_cpu.py --arch paligemma-small [--out benchmarks/results/paligemma-small]
+
+Prints the Markdown table; the very last line of stdout is the report as one compact JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edgevqa.bench.runner import bench_arch, markdown_table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--arch", default="blip-vqa-base", help="blip-vqa-base, paligemma-small, paligemma-3b-224"
+    )
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/ARCH")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--answer-tokens", type=int, default=8)
+    args = ap.parse_args()
+    out = args.out or Path("benchmarks/results") / args.arch
+    report = bench_arch(args.arch, out, repeats=args.repeats, answer_tokens=args.answer_tokens)
+    print(markdown_table(report))
+    print(json.dumps(report, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
