@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 STAMP := $(VENV)/.edgevqa-installed
-WORKDIR ?= work/demo
+FAMILY ?= blip-vqa
+# one folder per family: a demo continues what its folder holds
+WORKDIR ?= work/demo$(if $(filter-out blip-vqa,$(FAMILY)),-$(FAMILY))
 
 .PHONY: setup demo test lint clean chromium
 
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgevqa demo --workdir $(WORKDIR)
+	$(BIN)/edgevqa demo --workdir $(WORKDIR) --family $(FAMILY)
 
 # The page test drives Debian's chromium through playwright (a dev extra; no `playwright install`).
 # When it is missing and apt-get is there (as root, or with passwordless sudo), install it quietly;

@@ -59,6 +59,7 @@ def run(workdir: Path, fast: bool = False, family: str = "blip-vqa") -> str:
         generate(data, SynthConfig(n_images=n_images, seed=0), overwrite=True)
     previous = None
     for i, stage in enumerate(stages, 1):
+        check_family(workdir / "runs" / stage.name, family)
         previous = train_stage(workdir / "runs" / stage.name, stage, data, previous, fast)
         log.info("[2/5] stage %d/%d (%s) done -> %s", i, len(stages), stage.name, previous)
     if not (bundle / "manifest.json").is_file():
@@ -85,6 +86,15 @@ def run(workdir: Path, fast: bool = False, family: str = "blip-vqa") -> str:
     report = bench.bench_bundle(bundle, data, report_dir)
     train_report = json.loads((previous / "eval.json").read_text())
     return summary(report, train_report, time.perf_counter() - t0, workdir, rec, answer.text)
+
+
+def check_family(run: Path, family: str) -> None:
+    """A demo folder continues only its own family's runs."""
+    from edgevqa.errors import InputError
+
+    cfg = run / "config.json"
+    if cfg.is_file() and (had := json.loads(cfg.read_text("utf-8")).get("family", "blip-vqa")) != family:
+        raise InputError(f"{run.parent.parent} holds a {had} demo; pass another --workdir for {family}")
 
 
 def train_stage(out: Path, stage: Stage, data: Path, previous: Path | None, fast: bool) -> Path:

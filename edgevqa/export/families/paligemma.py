@@ -1,16 +1,27 @@
 """PaliGemma on the export side: traceable wrappers over the HF modules' own weights, their dummy
-and real inputs, and the manifest's settings. The graph contract is edgevqa/families/paligemma.py.
+and real inputs, the PyTorch reference, and the manifest's settings. The graph contract is
+edgevqa/families/paligemma.py.
 
 The decoder is written out layer by layer (as BLIP's is) instead of tracing transformers' Cache
 objects: the KV cache becomes two stacked tensors [layers, batch, kv heads, past, head_dim] that
 the runtime passes back in, and the attention mask comes in as an additive bias the runtime builds
 (bidirectional over image + prompt in the prefill, causal for the answer). Gemma 2 (PaliGemma 2)
-differs by its extra norms around attention and MLP, the query scale and the logit soft-caps; both
+differs by its extra norms around attention and MLP, the query scale and the logit soft-caps; all
 are read from the modules and config, never from the family name.
+
+Example:
+    >>> from edgevqa.export.families import paligemma as xpg
+    >>> xpg.export_graph(model, "decoder_step", Path("decoder_step.onnx"))
+    >>> feeds = xpg.graph_inputs(model, [prompt_ids], [pixels])  # real inputs for validation
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +30,15 @@ from torch import nn
 
 from edgevqa import bundle
 from edgevqa.errors import InputError
+from edgevqa.export.onnx import dynamic_shapes, strip_stack_traces
+from edgevqa.families.paligemma import SPEC
 from edgevqa.train.base import Loaded
-from edgevqa.train.data import ImageCache
 
 NEG = torch.finfo(torch.float32).min  # what transformers adds where a query may not attend
+TEXT_TYPES = ("gemma", "gemma2")  # PaliGemma 1 and 2; Gemma 3's q/k norms are not written out here
+# sizes the graphs are traced at: T > 1 and P > 0 keep the mask and the cache general, and no two
+# axes share a size, so the tracer cannot tie them (picked is 2 in every dummy)
+TRACE_SIZES = {"batch": 3, "question": 6, "past": 5, "new": 4}
 
 
 def _lm(model: nn.Module) -> nn.Module:
@@ -31,7 +47,8 @@ def _lm(model: nn.Module) -> nn.Module:
 
 class VisionEncoder(nn.Module):
     """pixel_values -> image_embeds: SigLIP's last hidden state through the projector, exactly what
-    the model splices over the image placeholder tokens."""
+    ``get_image_features(...).pooler_output`` splices over the image placeholder tokens (the
+    installed transformers does not rescale them; Gemma's embedding scales the text tokens only)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -42,58 +59,55 @@ class VisionEncoder(nn.Module):
 
 
 class EmbedTokens(nn.Module):
-    """input_ids -> inputs_embeds, scaled by sqrt(hidden) as Gemma's embedding module scales them."""
+    """input_ids -> inputs_embeds, scaled by sqrt(hidden) as Gemma's embedding module scales them.
+    An image token id past the vocabulary embeds as id 0, as PaliGemma does before splicing (the
+    runtime never embeds image tokens: it splices the vision graph's output there)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.embed = _lm(model).embed_tokens
+        self.vocab = model.config.text_config.vocab_size
+        self.oov_image = model.config.image_token_id >= self.vocab  # only then is the remap needed
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.oov_image:
+            input_ids = torch.where(input_ids >= self.vocab, torch.zeros_like(input_ids), input_ids)
         return self.embed(input_ids)
 
 
 class DecoderStep(nn.Module):
+    """One decoder call: T new tokens on a cache of P, logits at the picked positions only."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
-        lm, cfg = _lm(model), model.config.text_config
-        self.layers, self.norm = lm.layers, lm.norm
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        if rope.get("rope_type", "default") != "default":
-            raise InputError(f"rope type {rope.get('rope_type')!r} is not exported by edgevqa (default only)")
-        self.register_buffer("inv_freq", lm.rotary_emb.inv_freq.detach().clone(), persistent=False)
-        self.rope_scale = float(getattr(lm.rotary_emb, "attention_scaling", 1.0))
-        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.scaling = self.layers[0].self_attn.scaling
-        self.attn_cap = getattr(cfg, "attn_logit_softcapping", None)
+        from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb, repeat_kv
+
+        lm, cfg, s = _lm(model), model.config.text_config, decoder_shape(model)
+        check_text_model(cfg, s["num_image_tokens"] + 2)  # at least the image, bos and "\n"
+        self.layers, self.norm, self.rotary_emb = lm.layers, lm.norm, lm.rotary_emb
+        self.apply_rope, self.repeat_kv = apply_rotary_pos_emb, repeat_kv
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, s["num_kv_heads"], s["head_dim"]
         self.final_cap = getattr(cfg, "final_logit_softcapping", None)
         # the LM head is tied to the embedding; as a transposed constant of its own the int8 and
         # int4 quantizers see a plain weight instead of a Transpose of the Gather's table
         head = model.lm_head.weight.detach().t().contiguous()
         self.lm_weight = nn.Parameter(head, requires_grad=False)
 
-    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.rope_scale).to(dtype)[:, None], (emb.sin() * self.rope_scale).to(dtype)[
-            :, None
-        ]
-
-    def attend(self, attn: nn.Module, x: torch.Tensor, cos, sin, past_k, past_v, bias):
+    def attend(self, attn: nn.Module, x, cos, sin, past: tuple | None, bias: torch.Tensor):
         b, t, _ = x.shape
         q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        if past_k is not None:
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        q, k = self.apply_rope(q, k, cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         rep = self.n_heads // self.n_kv
-        kk, vv = (k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)) if rep > 1 else (k, v)
-        scores = torch.matmul(q, kk.transpose(2, 3)) * self.scaling
-        if self.attn_cap is not None:
-            scores = torch.tanh(scores / self.attn_cap) * self.attn_cap
-        probs = torch.softmax((scores + bias).float(), dim=-1).to(q.dtype)
-        ctx = torch.matmul(probs, vv).transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        scores = torch.matmul(q, self.repeat_kv(k, rep).transpose(2, 3)) * attn.scaling
+        cap = getattr(attn, "attn_logit_softcapping", None)  # Gemma 2: capped before the mask
+        if cap is not None:
+            scores = torch.tanh(scores / cap) * cap
+        probs = torch.softmax(scores + bias, dim=-1, dtype=torch.float32).to(q.dtype)
+        ctx = torch.matmul(probs, self.repeat_kv(v, rep)).transpose(1, 2).reshape(b, t, -1)
         return attn.o_proj(ctx), k, v
 
     def forward(
@@ -104,14 +118,13 @@ class DecoderStep(nn.Module):
         logit_positions: torch.Tensor,
         past_key: torch.Tensor | None = None,
         past_value: torch.Tensor | None = None,
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = inputs_embeds
-        cos, sin = self.rotary(position_ids, x.dtype)
+        cos, sin = self.rotary_emb(x, position_ids)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
-            pk = None if past_key is None else past_key[i]
-            pv = None if past_value is None else past_value[i]
-            h, k, v = self.attend(layer.self_attn, layer.input_layernorm(x), cos, sin, pk, pv, attention_bias)
+            past = None if past_key is None else (past_key[i], past_value[i])
+            h, k, v = self.attend(layer.self_attn, layer.input_layernorm(x), cos, sin, past, attention_bias)
             keys.append(k)
             values.append(v)
             if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2: norms after attention and MLP
@@ -128,18 +141,13 @@ class DecoderStep(nn.Module):
 
 
 class DecoderFirst(DecoderStep):
-    """The prefill without a cache in (TensorRT bundles)."""
+    """The prefill without a cache in (TensorRT cannot build a profile with a zero-length past)."""
 
     def forward(self, inputs_embeds, attention_bias, position_ids, logit_positions):
         return super().forward(inputs_embeds, attention_bias, position_ids, logit_positions)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-WRAPPERS = {
+WRAPPERS: dict[str, type[nn.Module]] = {
     "vision_encoder": VisionEncoder,
     "embed_tokens": EmbedTokens,
     "decoder_step": DecoderStep,
@@ -147,11 +155,34 @@ WRAPPERS = {
 }
 
 
+def check_text_model(cfg: Any, positions: int) -> None:
+    """Refuse what the decoder graph does not reproduce: another text model, a RoPE whose tables
+    change with the length, or a sliding window shorter than the sequences it must see whole
+    (transformers masks keys further back than the window on Gemma 2's sliding layers)."""
+    if cfg.model_type not in TEXT_TYPES:
+        raise InputError(
+            f"PaliGemma with a {cfg.model_type!r} text model is not exported by edgevqa "
+            f"(it exports {', '.join(TEXT_TYPES)})"
+        )
+    rope = str((getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default"))
+    if "dynamic" in rope or "longrope" in rope:
+        raise InputError(f"rope type {rope!r} is not exported by edgevqa (static RoPE only)")
+    window = getattr(cfg, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(cfg, "layer_types", None) or ())
+    if window is not None and sliding and positions > window:
+        raise InputError(
+            f"the text model's sliding window ({window} tokens) is shorter than the {positions} "
+            "positions of a prompt and its answer; edgevqa's decoder graph attends to all of them"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # inputs
 
 
 def decoder_shape(model: Any) -> dict[str, int]:
+    """The KV-cache and embedding sizes the runtime needs: layers, KV heads, head dim, hidden,
+    vocabulary and image tokens per image."""
     tc, vc = model.config.text_config, model.config.vision_config
     return {
         "num_layers": tc.num_hidden_layers,
@@ -177,45 +208,67 @@ def causal_bias(rows: int, t: int, past: int) -> torch.Tensor:
 def dummy_inputs(
     model: Any, graph: str, batch: int = 2, question: int = 7, past: int = 3, new: int = 1
 ) -> dict[str, torch.Tensor]:
-    """Inputs of the right dtypes and shapes; sizes differ per axis so no axis is confused."""
+    """Random inputs of the right dtypes and shapes. decoder_step: ``new`` tokens on a cache of
+    ``past`` (causal bias); decoder_first and embed_tokens: a prefix of ``question + new`` tokens
+    (bidirectional). The decoders pick 2 positions for logits: the last and the first."""
     s = decoder_shape(model)
     vc = model.config.vision_config
     g = torch.Generator().manual_seed(0)
-    t = new + question  # the step's new tokens: T > 1 keeps the mask general at trace time
-    cache = (s["num_layers"], batch, s["num_kv_heads"], past, s["head_dim"])
-    step = {
-        "inputs_embeds": torch.randn(batch, t, s["hidden_size"], generator=g),
-        "attention_bias": causal_bias(batch, t, past),
-        "position_ids": (torch.arange(t) + past + 1).expand(batch, t).contiguous(),
-        "logit_positions": torch.tensor([[t - 1, 0]] * batch),
-    }
-    first = {
-        **step,
-        "attention_bias": prefix_bias(batch, t),
-        "position_ids": (torch.arange(t) + 1).expand(batch, t),
-    }
-    return {
-        "vision_encoder": lambda: {
-            "pixel_values": torch.randn(batch, 3, vc.image_size, vc.image_size, generator=g)
-        },
-        "embed_tokens": lambda: {"input_ids": torch.randint(5, s["vocab_size"], (batch, t), generator=g)},
-        "decoder_step": lambda: {
-            **step,
+
+    def step(t: int, p: int, bias: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "inputs_embeds": torch.randn(batch, t, s["hidden_size"], generator=g),
+            "attention_bias": bias,
+            "position_ids": (torch.arange(t) + p + 1).expand(batch, t).contiguous(),
+            "logit_positions": torch.tensor([[t - 1, 0]] * batch),
+        }
+
+    if graph == "vision_encoder":
+        return {"pixel_values": torch.randn(batch, 3, vc.image_size, vc.image_size, generator=g)}
+    if graph == "embed_tokens":
+        return {"input_ids": torch.randint(3, s["vocab_size"], (batch, question + new), generator=g)}
+    if graph == "decoder_first":
+        return step(question + new, 0, prefix_bias(batch, question + new))
+    if graph == "decoder_step":
+        cache = (s["num_layers"], batch, s["num_kv_heads"], past, s["head_dim"])
+        return {
+            **step(new, past, causal_bias(batch, new, past)),
             "past_key": torch.randn(*cache, generator=g),
             "past_value": torch.randn(*cache, generator=g),
-        },
-        "decoder_first": lambda: {**first, "position_ids": first["position_ids"].contiguous()},
-    }[graph]()
+        }
+    raise KeyError(f"unknown graph {graph!r}; PaliGemma has {', '.join(WRAPPERS)}")
 
 
-def prefill_inputs(model: Any, prompt: list[int], pixels: np.ndarray) -> dict[str, torch.Tensor]:
-    """The prefill of one prompt: image tokens spliced over their placeholders, as the model does."""
-    vis, emb = VisionEncoder(model).eval(), EmbedTokens(model).eval()
+def empty_cache(model: Any, rows: int = 1) -> torch.Tensor:
+    s = decoder_shape(model)
+    return torch.zeros(s["num_layers"], rows, s["num_kv_heads"], 0, s["head_dim"])
+
+
+def as_pixels(pixels: Any) -> torch.Tensor:
+    """[1, 3, H, W] float32 from one preprocessed image ([3, H, W] or [1, 3, H, W])."""
+    arr = np.asarray(pixels, dtype=np.float32)
+    return torch.from_numpy(arr.reshape(1, 3, *arr.shape[-2:]).copy())
+
+
+def splice(model: Any, prompt: list[int], image_embeds: torch.Tensor) -> torch.Tensor:
+    """[1, T, D]: the prompt's token embeddings with the image embeddings in place of the image
+    placeholders, in order (transformers' masked_scatter)."""
     ids = torch.tensor([prompt])
-    image = vis(torch.from_numpy(pixels)[None])
     is_image = ids[0] == model.config.image_token_id
-    x = emb(torch.where(is_image, torch.zeros_like(ids), ids))
-    x[0, is_image] = image[0]
+    if int(is_image.sum()) != image_embeds.shape[1]:
+        raise InputError(
+            f"the prompt holds {int(is_image.sum())} image tokens, the image gives {image_embeds.shape[1]}"
+        )
+    x = EmbedTokens(model)(ids)
+    x[0, is_image] = image_embeds[0].to(x.dtype)
+    return x
+
+
+def prefill_inputs(model: Any, prompt: list[int], pixels: Any) -> dict[str, torch.Tensor]:
+    """decoder_first's feed for one prompt (batch 1): the image spliced in, a bidirectional
+    prefix, positions 1..T, logits at the last position."""
+    with torch.no_grad():  # plain tensors: usable with or without autograd:
+        x = splice(model, list(prompt), VisionEncoder(model).eval()(as_pixels(pixels)))
     t = len(prompt)
     return {
         "inputs_embeds": x,
@@ -225,33 +278,103 @@ def prefill_inputs(model: Any, prompt: list[int], pixels: np.ndarray) -> dict[st
     }
 
 
-def graph_inputs(loaded: Loaded, enc: Any, images: ImageCache, n: int) -> dict[str, list[dict]]:
-    """Real inputs for each graph, from the first ``n`` validation questions (batch 1 each): the
-    prefill of the prompt, then one step that feeds the first two answer tokens on its cache."""
-    model = loaded.model
+def graph_inputs(
+    model: Any, prompts: Any, pixels: Any, n: int = 8
+) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """Real inputs for each graph from the first ``n`` prompts (batch 1 each): the image, the
+    prompt's text ids, the prefill (decoder_first; decoder_step with an empty cache) and one greedy
+    decode step on the prefill's cache (decoder_step).
+
+    Args:
+        model: a PaliGemmaForConditionalGeneration, or the exporter's ``Loaded`` (then ``prompts``
+            is the train side's ``Encoded`` and ``pixels`` its ``ImageCache``).
+        prompts: prompt ids with the image placeholders, as the processor builds them.
+        pixels: one preprocessed image [3, H, W] per prompt.
+        n: how many prompts to use.
+    """
+    if isinstance(model, Loaded):  # exporter.py: (loaded, encoded questions, image cache)
+        enc, images = prompts, pixels
+        prompts = enc.prompt_ids[:n]
+        pixels = [images.get(p) for p in enc.image_paths[: len(prompts)]]
+        model = model.model
     feeds: dict[str, list[dict]] = {g: [] for g in WRAPPERS}
     step, emb = DecoderStep(model).eval(), EmbedTokens(model).eval()
-    with torch.inference_mode():
-        for i in range(min(n, len(enc.records))):
-            pixels = images.get(enc.image_paths[i])
-            prefill = prefill_inputs(model, enc.prompt_ids[i], pixels)
-            _, k, v = step(**prefill)
-            nxt = torch.tensor([enc.answer_ids[i][:2]])
-            t, past = nxt.shape[1], len(enc.prompt_ids[i])
-            feeds["vision_encoder"].append({"pixel_values": torch.from_numpy(pixels)[None]})
-            feeds["embed_tokens"].append({"input_ids": torch.tensor([enc.prompt_ids[i][-4:]])})
+    empty = empty_cache(model)
+    with torch.no_grad():
+        for prompt, px in list(zip(prompts, pixels))[:n]:
+            prefill = prefill_inputs(model, prompt, px)
+            logits, k, v = step(**prefill)
+            t, nxt = len(prompt), logits[:, -1].argmax(-1, keepdim=True)
+            text = [i for i in prompt if i != model.config.image_token_id]
+            feeds["vision_encoder"].append({"pixel_values": as_pixels(px)})
+            feeds["embed_tokens"].append({"input_ids": torch.tensor([text])})
             feeds["decoder_first"].append(prefill)
+            feeds["decoder_step"].append({**prefill, "past_key": empty, "past_value": empty})
             feeds["decoder_step"].append(
                 {
                     "inputs_embeds": emb(nxt),
-                    "attention_bias": causal_bias(1, t, past),
-                    "position_ids": torch.arange(past + 1, past + t + 1)[None],
-                    "logit_positions": torch.arange(t)[None],
+                    "attention_bias": causal_bias(1, 1, t),
+                    "position_ids": torch.tensor([[t + 1]]),
+                    "logit_positions": torch.tensor([[0]]),
                     "past_key": k,
                     "past_value": v,
                 }
             )
     return feeds
+
+
+def reference_logits(
+    model: Any, prompt_ids: list[int], pixel_values: np.ndarray, answer_ids: list[int]
+) -> torch.Tensor:
+    """[len(answer_ids), V]: the HF model's logits that predict each answer token (row i predicts
+    answer_ids[i]), teacher-forced over prompt + answer with token_type_ids 0 on the prompt
+    (bidirectional) and 1 on the answer (causal)."""
+    ids = torch.tensor([list(prompt_ids) + list(answer_ids)])
+    types = torch.tensor([[0] * len(prompt_ids) + [1] * len(answer_ids)])
+    with torch.inference_mode():
+        out = model(
+            input_ids=ids,
+            pixel_values=as_pixels(pixel_values),
+            attention_mask=torch.ones_like(ids),
+            token_type_ids=types,
+        )
+    start = len(prompt_ids) - 1
+    return out.logits[0, start : start + len(answer_ids)]
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def export_graph(model: Any, graph: str, path: Path) -> Path:
+    """Export ``graph`` of ``model`` to ``path``: one self-contained .onnx file whose input and
+    output names and dynamic axes are the spec's (edgevqa/families/paligemma.py)."""
+    g = SPEC.graph(graph)
+    module = WRAPPERS[graph](model).eval()
+    args = dummy_inputs(model, graph, **TRACE_SIZES)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            module,
+            (),
+            kwargs=args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes(g),
+            input_names=list(g.inputs),
+            output_names=list(g.outputs),
+            opset_version=SPEC.opset,
+            external_data=False,
+            verbose=False,
+            optimize=True,
+        )
+        prog.save(str(path))
+    strip_stack_traces(Path(path))
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest and bench
 
 
 def manifest_parts(
@@ -262,6 +385,10 @@ def manifest_parts(
 
     tok, model = loaded.tokenizer, loaded.model
     s = decoder_shape(model)
+    # the image, bos, the prompt, "\n", the answer and its eos: every position sees every key
+    check_text_model(
+        model.config.text_config, s["num_image_tokens"] + max_question_tokens + max_answer_tokens + 3
+    )
     eos = train_side.eos_ids(model, tok)
     text = bundle.TextSpec(
         bos_id=tok.bos_token_id,
