@@ -69,6 +69,11 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     built_for = tensorrt.device_info() if cfg.trt else None  # no GPU or TensorRT: fail before any work
     precisions = cfg.precisions
     tcfg, model_src, adapter = source(cfg, data)
+    if cfg.trt and not registry.get(tcfg.family).tensorrt:
+        raise InputError(
+            f"--trt: TensorRT engines are not built for {tcfg.family} bundles yet; export its ONNX "
+            "precisions (onnxruntime's CUDA provider runs them on a GPU: --backend cuda)"
+        )
     data = data or tcfg.data
     records = validation_records(data, cfg.validate_limit)
     fam = registry.side(tcfg.family, "train")

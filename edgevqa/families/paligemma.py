@@ -38,6 +38,9 @@ SPEC = FamilySpec(
     model_types=("paligemma",),
     presets=("tiny-paligemma",),
     archs=("tiny-paligemma", "paligemma-3b-224", "paligemma-small"),
+    # not yet: the prefill's length, the total and picked axes have no profile rules, and the
+    # step engine cannot take the empty cache its validation feeds start from
+    tensorrt=False,
     graphs=(
         GraphSpec(
             "vision_encoder",

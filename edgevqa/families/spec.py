@@ -43,6 +43,8 @@ class FamilySpec:
     archs: tuple[str, ...]  # `bench --arch` names (random weights, real sizes)
     description: str = ""
     opset: int = 18
+    # `export --trt` builds engines for it (its axes have TensorRT profile rules in export/tensorrt.py)
+    tensorrt: bool = True
 
     def exported(self, tensorrt: bool = False) -> tuple[GraphSpec, ...]:
         """The graphs a bundle holds: TensorRT bundles add the tensorrt_only ones."""

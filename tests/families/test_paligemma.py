@@ -242,6 +242,13 @@ def test_refusals_are_one_line(pg_bundle, pg_lora, base_run, tmp_path, synth_dat
             progress=False,
         )
     assert not (tmp_path / "x").exists()
+    from edgevqa.export import tensorrt
+
+    with pytest.MonkeyPatch.context() as mp:  # a GPU machine: PaliGemma engines are refused, not built
+        mp.setattr(tensorrt, "device_info", lambda: {"gpu": "stand-in"})
+        with pytest.raises(InputError, match="TensorRT engines are not built for paligemma"):
+            export(ExportConfig(run=str(pg_lora), out=str(tmp_path / "t"), trt=True), progress=False)
+    assert not (tmp_path / "t").exists()
     m = json.loads((pg_bundle / "manifest.json").read_text())
     bad = tmp_path / "bad"
     bad.mkdir()
