@@ -255,3 +255,14 @@ def test_refusals_are_one_line(pg_bundle, pg_lora, base_run, tmp_path, synth_dat
     (bad / "manifest.json").write_text(json.dumps({**m, "family": "llava"}))
     with pytest.raises(BundleError, match="'llava' is not supported"):
         VQAPipeline.from_bundle(bad, verify=False)
+
+
+def test_full_size_archs_keep_their_own_vocabulary():
+    """bench --arch builds a small tokenizer; the 257k/262k-token LM head must stay full size."""
+    from edgevqa.train.families import paligemma as pg
+
+    assert pg.arch_config("paligemma-small", vocab=1162).text_config.vocab_size == 262144
+    assert pg.arch_config("paligemma-3b-224", vocab=1162).text_config.vocab_size == 257152
+    assert pg.arch_config("tiny-paligemma", vocab=1162).text_config.vocab_size == 1162
+    cfg = pg.arch_config("paligemma-small")
+    assert (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 == 196

@@ -163,15 +163,16 @@ def arch_tokenizer(words: list[str], out: Path) -> Any:
 
 
 def arch_config(name: str, vocab: int = 0, image_size: int = 0) -> Any:
-    """The config of ``name`` (ARCHS) with build_tokenizer's special-token ids; ``vocab`` and
-    ``image_size`` override the arch's (the tiny preset takes its tokenizer's vocabulary)."""
+    """The config of ``name`` (ARCHS) with build_tokenizer's special-token ids; ``vocab`` sizes an
+    arch without a vocabulary of its own (the tiny preset: its tokenizer's), ``image_size`` overrides."""
     from transformers import PaliGemmaConfig
 
     ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
     sizes = ARCHS[name]
     vision = {"model_type": "siglip_vision_model", "vision_use_head": False, **sizes["vision"]}
     text = {"model_type": "gemma", "max_position_embeddings": 8192, **sizes["text"], **ids}
-    text["vocab_size"] = vocab or text.get("vocab_size") or len(SPECIAL) + len(EXTRA) + 1
+    # a full-size arch keeps its own vocabulary (its LM head is a large part of a step's cost)
+    text["vocab_size"] = text.get("vocab_size") or vocab or len(SPECIAL) + len(EXTRA) + 1
     vision["image_size"] = image_size or vision["image_size"]
     return PaliGemmaConfig(
         vision_config=vision,
