@@ -39,7 +39,9 @@ def export_graph(model: Any, spec: FamilySpec, graph: str, path: Path) -> Path:
     """Export ``graph`` of ``model`` to ``path`` (one self-contained .onnx file)."""
     g = spec.graph(graph)
     module = wrapper(spec.family, graph, model)
-    args = dummy_inputs(spec.family, model, graph, new=2)  # T>1 at trace time: the causal mask stays
+    # T>1 at trace time: the causal mask stays general; a family may trace at sizes of its own
+    sizes = getattr(registry.side(spec.family, "export"), "TRACE_SIZES", {"new": 2})
+    args = dummy_inputs(spec.family, model, graph, **sizes)
     # torch.onnx warns per export that torchvision ops are not registered: noise for BLIP
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     quiet = io.StringIO()

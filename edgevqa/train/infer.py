@@ -29,10 +29,7 @@ def generate_answers(
     import torch
     from tqdm.auto import tqdm
 
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, q in enumerate(enc.question_ids):
-        by_len[len(q)].append(i)
-    batches = [idx[s : s + batch_size] for idx in by_len.values() for s in range(0, len(idx), batch_size)]
+    batches = length_batches([len(q) for q in enc.question_ids], batch_size)
     texts: list[str] = [""] * len(enc.records)
     ids: list[list[int]] = [[] for _ in enc.records]
     was_training = model.training
@@ -45,6 +42,14 @@ def generate_answers(
                 texts[i] = tokenizer.decode(ids[i], skip_special_tokens=True)
     model.train(was_training)
     return Generated(texts, ids)
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of one input length each (no padding can change an answer)."""
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        by_len[n].append(i)
+    return [idx[s : s + batch_size] for idx in by_len.values() for s in range(0, len(idx), batch_size)]
 
 
 def generate_batch(

@@ -17,10 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,6 @@ from torch import nn
 
 from edgevqa import bundle
 from edgevqa.errors import InputError
-from edgevqa.export.onnx import dynamic_shapes, strip_stack_traces
 from edgevqa.families.paligemma import SPEC
 from edgevqa.train.base import Loaded
 
@@ -349,28 +344,9 @@ def reference_logits(
 def export_graph(model: Any, graph: str, path: Path) -> Path:
     """Export ``graph`` of ``model`` to ``path``: one self-contained .onnx file whose input and
     output names and dynamic axes are the spec's (edgevqa/families/paligemma.py)."""
-    g = SPEC.graph(graph)
-    module = WRAPPERS[graph](model).eval()
-    args = dummy_inputs(model, graph, **TRACE_SIZES)
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            module,
-            (),
-            kwargs=args,
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes(g),
-            input_names=list(g.inputs),
-            output_names=list(g.outputs),
-            opset_version=SPEC.opset,
-            external_data=False,
-            verbose=False,
-            optimize=True,
-        )
-        prog.save(str(path))
-    strip_stack_traces(Path(path))
-    return Path(path)
+    from edgevqa.export.onnx import export_graph as export_family_graph
+
+    return export_family_graph(model, SPEC, graph, Path(path))
 
 
 # ---------------------------------------------------------------------------------------------

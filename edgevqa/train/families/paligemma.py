@@ -16,7 +16,6 @@ the answer tokens carry the loss (token_type_ids 1, as the processor's ``suffix`
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,10 +374,9 @@ def generate_answers(
     import torch
     from tqdm.auto import tqdm
 
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(enc.prompt_ids):
-        by_len[len(p)].append(i)
-    batches = [idx[s : s + batch_size] for idx in by_len.values() for s in range(0, len(idx), batch_size)]
+    from edgevqa.train.infer import length_batches
+
+    batches = length_batches([len(p) for p in enc.prompt_ids], batch_size)
     texts, ids = [""] * len(enc.records), [[] for _ in enc.records]
     eos = eos_ids(model, tokenizer)
     was_training = model.training
