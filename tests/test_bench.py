@@ -79,6 +79,9 @@ def test_bench_arch_paligemma_prefill_and_steps(tmp_path):
     f = report["matmul_floor"]["fp32"]["by_graph"]
     assert set(f) == {"vision_encoder", "decoder_prefill", "decoder_step"}
     assert f["vision_encoder"]["rows"] == 16 and f["decoder_step"]["calls"] == 3
+    for r in b.values():  # time to first token and per further token, inside the same answers
+        assert 0 < r["first_token_ms"]["p50"] < r["latency_ms"]["p50"] and r["ms_per_token"]["n"] == 2
+    assert "first token p50 ms" in (tmp_path / "arch" / "report.md").read_text()
     assert f["decoder_prefill"]["rows"] == 16 + 1 + 12 + 1  # image, bos, "answer en" + 10 words, "\n"
 
 

@@ -252,6 +252,9 @@ def bench_arch(
             "first_start_s": r.get("first_start_s"),
             "first_start_peak_rss_mb": r.get("first_start_peak_rss_mb"),
         }
+        for key in ("first_token_ms", "ms_per_token"):  # inside each answer: TTFT, then per token
+            if r.get(key):
+                backends[name][key] = latency_stats(r[key])
         if r.get("follow_up_ms"):  # a second question about the same image: encoding reused
             fu = latency_stats(r["follow_up_ms"])
             backends[name]["follow_up_ms"] = fu
@@ -407,6 +410,18 @@ def markdown_table(report: dict[str, Any]) -> str:
             for name, r in b.items()
             if "follow_up_ms" in r
         ]
+        timed = [(n, r) for n, r in b.items() if "first_token_ms" in r]
+        if timed:  # inside each whole answer above
+            rows.append(
+                "\n| backend | first token p50 ms | p95 | decode ms per further token p50 | p95 |\n"
+                "|---|---|---|---|---|"
+            )
+            rows += [
+                f"| {n} | {r['first_token_ms']['p50']:.1f} | {r['first_token_ms']['p95']:.1f} | "
+                f"{r.get('ms_per_token', {}).get('p50', float('nan')):.2f} | "
+                f"{r.get('ms_per_token', {}).get('p95', float('nan')):.2f} |"
+                for n, r in timed
+            ]
         if report.get("matmul_floor"):
             rows.append(
                 "\nMatmul floor: the bundle's weight matmuls alone, quantized as the precision, each "

@@ -61,9 +61,9 @@ def onnx_answerer(spec: dict[str, Any]):
     t = pipe.manifest.text
     opts = DecodingOptions(t.eos, t.pad_id, spec["max_new_tokens"], spec.get("min_new_tokens", 0))
 
-    def answer(image: str, question: str) -> tuple[str, list[int]]:
+    def answer(image: str, question: str) -> tuple[str, list[int], dict[str, float]]:
         a = pipe.ask(image, question, opts)
-        return a.text, a.token_ids
+        return a.text, a.token_ids, a.timings_ms
 
     def follow_ups(groups: list[list]) -> list[float]:
         """Whole-answer ms of each question after the first about its image (encoding cached)."""
@@ -90,6 +90,27 @@ def onnx_answerer(spec: dict[str, Any]):
     return answer, {"follow_ups": follow_ups, "rank": rank}
 
 
+class TokenTimes:
+    """A transformers streamer that notes when generate() emits each token (the first call
+    carries the prompt): time to first token and per token, measured inside one generate()."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def put(self, value: Any) -> None:
+        self.marks.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def timings(self, t0: float) -> dict[str, float]:
+        tokens = self.marks[1:]  # after the prompt's
+        out = {"first_token_ms": 1e3 * (tokens[0] - t0)} if tokens else {}
+        if len(tokens) > 1:
+            out["ms_per_token"] = 1e3 * (tokens[-1] - tokens[0]) / (len(tokens) - 1)
+        return out
+
+
 def torch_answerer(spec: dict[str, Any]):
     import torch
 
@@ -109,8 +130,10 @@ def torch_answerer(spec: dict[str, Any]):
     loaded.model.eval()
     fam = registry.side(loaded.family, "train")
 
-    def answer(image: str, question: str) -> tuple[str, list[int]]:
-        return fam.answer(loaded, preprocess(load_image(image), loaded.image), question, spec)
+    def answer(image: str, question: str) -> tuple[str, list[int], dict[str, float]]:
+        t0, streamer = time.perf_counter(), TokenTimes()
+        text, ids = fam.answer(loaded, preprocess(load_image(image), loaded.image), question, spec, streamer)
+        return text, ids, streamer.timings(t0)
 
     return answer, None  # generate() has neither image-encoding reuse nor a rank mode to measure
 
@@ -125,16 +148,19 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         return {"first_answer_s": load_s, "peak_rss_mb": peak_rss_mb()}
     for i in range(spec.get("warmup", 2)):
         answer(*items[i % len(items)])
-    texts, ids, lat = [], [], []
+    texts, ids, lat, first, per_token = [], [], [], [], []
     for _ in range(spec.get("repeats", 1)):
         for image, question in items:
             s = time.perf_counter()
-            text, seq = answer(image, question)
+            text, seq, timings = answer(image, question)
             lat.append(1e3 * (time.perf_counter() - s))
             texts.append(text)
             ids.append(seq)
+            first += [timings["first_token_ms"]] if "first_token_ms" in timings else []
+            per_token += [timings["ms_per_token"]] if "ms_per_token" in timings else []
     n = len(items)
     out = {"answers": texts[:n], "token_ids": ids[:n], "latency_ms": lat, "first_answer_s": load_s}
+    out.update(first_token_ms=first, ms_per_token=per_token)
     if extras is not None and spec.get("follow_up_groups"):
         out["follow_up_ms"] = extras["follow_ups"](spec["follow_up_groups"])
     if extras is not None and spec.get("rank_items"):

@@ -202,9 +202,20 @@ class VQAPipeline:
         t0 = time.perf_counter()
         first, state = self.model.start(image.arrays, ids)
         t1 = time.perf_counter()
-        out = greedy(self.model.step, first, state, options or self.options)[0]
+        marks: list[float] = []  # when each decoder call returned
+
+        def step(new: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+            out = self.model.step(new, state)
+            marks.append(time.perf_counter())
+            return out
+
+        out = greedy(step, first, state, options or self.options)[0]
         t2 = time.perf_counter()
-        return out, {"question_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}
+        timings = {"question_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1)}
+        timings["first_token_ms"] = 1e3 * (marks[0] - t0)  # the question's encoding or prefill + 1 step
+        if len(marks) > 1:  # each further token
+            timings["ms_per_token"] = 1e3 * (marks[-1] - marks[0]) / (len(marks) - 1)
+        return out, timings
 
     def ask(self, image: Any, question: str, options: DecodingOptions | None = None) -> Answer:
         """Answer ``question`` about ``image`` (path, bytes or PIL image) greedily.
@@ -235,6 +246,8 @@ class VQAPipeline:
             out, timings = self._decode(encoding, q_ids, options)
             text = self.tokenizer.decode(out, self.manifest.text.clean_up_tokenization_spaces)
             first = i == 0  # later questions reuse what the first one read and encoded
+            if first:  # the first token of the first answer waits for the image too
+                timings["first_token_ms"] += 1e3 * (t2 - t0)
             timings = {
                 "preprocess_ms": 1e3 * (t1 - t0) if first else 0.0,
                 "vision_ms": 1e3 * (t2 - t1) if first else 0.0,

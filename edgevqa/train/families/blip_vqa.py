@@ -153,8 +153,11 @@ def sample_answers(
     return [tok.decode(x, skip_special_tokens=True) for x in ids]
 
 
-def answer(loaded: Loaded, pixels: Any, question: str, spec: dict[str, Any]) -> tuple[str, list[int]]:
-    """One greedy answer with ``generate`` (the bench's PyTorch side): text and answer ids."""
+def answer(
+    loaded: Loaded, pixels: Any, question: str, spec: dict[str, Any], streamer: Any = None
+) -> tuple[str, list[int]]:
+    """One greedy answer with ``generate`` (the bench's PyTorch side): text and answer ids;
+    ``streamer`` (a transformers streamer) sees each token as it is generated."""
     import torch
 
     model, tok = loaded.model, loaded.tokenizer
@@ -170,6 +173,7 @@ def answer(loaded: Loaded, pixels: Any, question: str, spec: dict[str, Any]) -> 
             min_new_tokens=spec.get("min_new_tokens", 0),
             do_sample=False,
             num_beams=1,
+            streamer=streamer,
         )
     seq = infer.strip_answer(out[0].tolist(), tok.sep_token_id, tok.pad_token_id)
     return tok.decode(seq, skip_special_tokens=True), seq

@@ -410,8 +410,11 @@ def cut_at_eos(seq: list[int], eos: list[int]) -> list[int]:
     return seq
 
 
-def answer(loaded: Loaded, pixels: Any, question: str, spec: dict[str, Any]) -> tuple[str, list[int]]:
-    """One greedy answer with ``generate`` (the bench's PyTorch side): text and answer ids."""
+def answer(
+    loaded: Loaded, pixels: Any, question: str, spec: dict[str, Any], streamer: Any = None
+) -> tuple[str, list[int]]:
+    """One greedy answer with ``generate`` (the bench's PyTorch side): text and answer ids;
+    ``streamer`` (a transformers streamer) sees each token as it is generated."""
     import torch
 
     model, tok = loaded.model, loaded.tokenizer
@@ -427,6 +430,7 @@ def answer(loaded: Loaded, pixels: Any, question: str, spec: dict[str, Any]) -> 
             min_new_tokens=spec.get("min_new_tokens", 0),
             do_sample=False,
             num_beams=1,
+            streamer=streamer,
         )
     seq = cut_at_eos(out[0, ids.shape[1] :].tolist(), eos_ids(model, tok))
     return tok.decode(seq, skip_special_tokens=True).strip(), seq
