@@ -195,7 +195,7 @@ def test_failure_midway_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "render_image", flaky)
+    monkeypatch.setattr(synth.dataset, "render_image", flaky)  # where generate() looks it up
     with pytest.raises(RuntimeError, match="disk on fire"):
         generate(tmp_path / "data", SMALL, progress=False)
     assert calls == 6
