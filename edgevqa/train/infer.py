@@ -44,6 +44,18 @@ def generate_answers(
     return Generated(texts, ids)
 
 
+def sampling_kwargs(sampling: Any, n: int) -> dict[str, Any]:
+    """generate()'s arguments for ``n`` sampled answers (temperature, top-k, top-p: runtime/decoding.py)."""
+    return dict(
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        num_beams=1,
+        num_return_sequences=n,
+    )
+
+
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices in batches of one input length each (no padding can change an answer)."""
     by_len: dict[int, list[int]] = defaultdict(list)

@@ -266,3 +266,18 @@ def test_full_size_archs_keep_their_own_vocabulary():
     assert pg.arch_config("tiny-paligemma", vocab=1162).text_config.vocab_size == 1162
     cfg = pg.arch_config("paligemma-small")
     assert (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 == 196
+
+
+def test_eval_of_a_run_and_its_bundle_sample_the_same_family(pg_lora, pg_bundle, synth_data, tmp_path):
+    """`edgevqa eval` with sampling on a PaliGemma run (PyTorch generate) and bundle (runtime):
+    top-k 1 sampling is greedy on both sides, so every sample is the greedy answer."""
+    from edgevqa.eval.evaluate import EvalConfig, run_eval
+
+    reports = {}
+    for name, model in (("run", pg_lora), ("bundle", pg_bundle)):
+        cfg = EvalConfig(model=str(model), data=str(synth_data), limit=6, samples=4, top_k=1,
+                         out=str(tmp_path / name), precision="fp32" if name == "bundle" else None)  # fmt: skip
+        reports[name] = run_eval(cfg, progress=False)
+        preds = [json.loads(x) for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        assert all(p["samples"] == [p["prediction"]] * 4 for p in preds), preds[:2]
+    assert reports["run"]["scores"] == reports["bundle"]["scores"]

@@ -142,12 +142,7 @@ def sample_answers(
             pixel_values=torch.from_numpy(images.get(enc.image_paths[i]))[None],
             attention_mask=torch.ones_like(q),
             max_new_tokens=cfg.max_answer_tokens,
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            num_beams=1,
-            num_return_sequences=n,
+            **infer.sampling_kwargs(sampling, n),
         )
     ids = [infer.strip_answer(seq, tok.sep_token_id, tok.pad_token_id) for seq in out.tolist()]
     return [tok.decode(x, skip_special_tokens=True) for x in ids]

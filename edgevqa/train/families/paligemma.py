@@ -27,7 +27,7 @@ from edgevqa.config import TrainConfig
 from edgevqa.demo import Stage
 from edgevqa.errors import InputError
 from edgevqa.families import registry
-from edgevqa.train import lora
+from edgevqa.train import infer, lora
 from edgevqa.train.base import Generated, Loaded, resolve_model_dir
 from edgevqa.train.data import ImageCache, pad
 
@@ -374,9 +374,7 @@ def generate_answers(
     import torch
     from tqdm.auto import tqdm
 
-    from edgevqa.train.infer import length_batches
-
-    batches = length_batches([len(p) for p in enc.prompt_ids], batch_size)
+    batches = infer.length_batches([len(p) for p in enc.prompt_ids], batch_size)
     texts, ids = [""] * len(enc.records), [[] for _ in enc.records]
     eos = eos_ids(model, tokenizer)
     was_training = model.training
@@ -451,12 +449,7 @@ def sample_answers(
             token_type_ids=torch.zeros_like(prompt),
             pixel_values=torch.from_numpy(images.get(enc.image_paths[i]))[None],
             max_new_tokens=cfg.max_answer_tokens,
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            num_beams=1,
-            num_return_sequences=n,
+            **infer.sampling_kwargs(sampling, n),
         )
     eos = eos_ids(model, tok)
     seqs = [cut_at_eos(s, eos) for s in out[:, prompt.shape[1] :].tolist()]
