@@ -275,8 +275,11 @@ def test_eval_of_a_run_and_its_bundle_sample_the_same_family(pg_lora, pg_bundle,
 
     reports = {}
     for name, model in (("run", pg_lora), ("bundle", pg_bundle)):
-        cfg = EvalConfig(model=str(model), data=str(synth_data), limit=6, samples=4, top_k=1,
-                         out=str(tmp_path / name), precision="fp32" if name == "bundle" else None)  # fmt: skip
+        precision = "fp32" if name == "bundle" else None
+        cfg = EvalConfig(
+            model=str(model), data=str(synth_data), limit=6, samples=4, top_k=1, out=str(tmp_path / name),
+            precision=precision,
+        )  # fmt: skip
         reports[name] = run_eval(cfg, progress=False)
         preds = [json.loads(x) for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
         assert all(p["samples"] == [p["prediction"]] * 4 for p in preds), preds[:2]
