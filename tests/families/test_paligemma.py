@@ -181,6 +181,12 @@ def test_manifest_says_the_family_its_prompt_and_grouped_query_cache(pg_bundle):
     fid = json.loads((pg_bundle / "fidelity.json").read_text())
     for p in ("int8", "int4"):
         assert fid["precisions"][p]["teacher_forced_top1"] >= 0.9
+        # the token-embedding table is stored in int8: a quarter of its fp32 bytes, rows dequantized
+        table = pg_bundle / p / "embed_tokens.onnx"
+        assert table.stat().st_size < 0.3 * (pg_bundle / "fp32" / "embed_tokens.onnx").stat().st_size
+        import onnx
+
+        assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(table)).graph.node}
 
 
 def test_follow_up_questions_reuse_the_image_and_rank_matches_pytorch(pg_bundle, hf, synth_data):
