@@ -7,6 +7,7 @@ A bundle is a directory::
       tokenizer.json         # a `tokenizers` tokenizer (HF fast-tokenizer format)
       fidelity.json          # the export's validation against PyTorch
       fp32/vision_encoder.onnx, fp32/question_encoder.onnx, fp32/decoder_step.onnx
+      fp32/decoder_step.onnx.data  # a graph's weights when they pass 2 GB (export/onnxfile.py)
       int8/...               # one folder per shipped precision
       trt-fp16/*.plan        # TensorRT engines (`edgevqa export --trt`), for one GPU model
 
@@ -198,8 +199,11 @@ def load_manifest(bundle: str | Path, precision: str | None = None, verify: bool
 def verify_files(bundle: Path, m: Manifest, precision: str | None = None) -> None:
     wanted = set(m.files)
     if precision is not None:
+        mine = set(m.precisions[precision].values())
         others = {p for prec, g in m.precisions.items() if prec != precision for p in g.values()}
-        wanted -= others - set(m.precisions[precision].values())
+        # a graph's external weights (graph.onnx.data, export/onnxfile.py) go with the graph
+        others |= {f for f in m.files for p in others if f.startswith(f"{p}.")}
+        wanted -= others - mine - {f for f in m.files for p in mine if f.startswith(f"{p}.")}
     needed = {TOKENIZER} | {
         p for prec in ([precision] if precision else m.precisions) for p in m.precisions[prec].values()
     }

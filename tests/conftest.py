@@ -199,3 +199,14 @@ def pg_bundle(tmp_path_factory, pg_lora) -> Path:
         force=True,
     )
     return export(cfg, data=read_run(pg_lora).data, progress=False)
+
+
+def hf_answer(proc, model, image, question: str, max_new: int = 8) -> list[int]:
+    """A PaliGemma answer as a user of plain transformers gets it: processor, then greedy generate."""
+    import torch
+
+    inputs = proc(images=image, text="<image>answer en " + question, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
+    seq = out[0, inputs["input_ids"].shape[1] :].tolist()
+    return seq[: seq.index(1) + 1] if 1 in seq else seq  # up to and including <eos> (id 1)

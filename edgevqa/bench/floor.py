@@ -62,7 +62,9 @@ def matmul_graph(src: Path, dst: Path, rows: int, head: tuple[int, int] = (0, 0)
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(src))
+    from edgevqa.export import onnxfile
+
+    model = onnx.load(str(src), load_external_data=False)  # external weights: referenced, not read
     found = weight_matmuls(model)
     if not found:
         raise ValueError(f"{src} has no MatMul with a constant weight")
@@ -82,6 +84,7 @@ def matmul_graph(src: Path, dst: Path, rows: int, head: tuple[int, int] = (0, 0)
         [i for i in model.graph.initializer if i.name in used],
     )
     small = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    onnxfile.copy_data(src, dst)
     onnx.save(small, str(dst))
     return Counter((k, nn) for _, k, nn in found)
 
@@ -143,6 +146,8 @@ def measure(
     """The floor of one answer at ``precision``: per graph, its weight matmuls timed together, the
     fastest of ``repeats`` runs (a bound from below should not carry the machine's noise; the
     median is kept beside it) times its calls per answer; ``ms`` is the sum."""
+    from edgevqa.export import onnxfile
+
     quantize = quantizer(precision)
     log.info("matmul floor %s: timing the weight matmuls of %s", precision, ", ".join(u.graph for u in uses))
     work.mkdir(parents=True, exist_ok=True)
@@ -153,10 +158,10 @@ def measure(
         plain.parent.mkdir(parents=True, exist_ok=True)
         shapes = matmul_graph(fp32_dir / f"{u.graph}.onnx", plain, u.rows, (u.head_n, u.head_rows))
         if quantize is None:
-            plain.replace(dst)
+            onnxfile.move(plain, dst)
         else:
             quantize(plain, dst)
-            plain.unlink()
+            onnxfile.remove(plain)
         ms = timer(dst, repeats)
         best = float(np.min(ms))
         by_graph[u.name] = {
@@ -168,6 +173,6 @@ def measure(
             "ms": best * u.calls,
         }
         total += best * u.calls
-        dst.unlink()
+        onnxfile.remove(dst)
     log.info("matmul floor %s: %.1f ms per answer", precision, total)
     return {"precision": precision, "ms": total, "by_graph": by_graph}

@@ -13,6 +13,7 @@ CPU precision's matmul floor (floor.py): what its weight matmuls alone cost per 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.metadata
 import json
 import logging
@@ -57,6 +58,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         return out
 
 
+class WorkerFailed(RuntimeError):
+    """A backend's process failed (an exception, or killed: a model too large for this machine)."""
+
+
 def _run_process(spec: dict[str, Any], folder: Path, env: dict[str, str]) -> dict[str, Any]:
     folder.mkdir()
     spec_path, out_path = folder / "spec.json", folder / "out.json"
@@ -71,7 +76,10 @@ def _run_process(spec: dict[str, Any], folder: Path, env: dict[str, str]) -> dic
     )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"bench worker {spec['backend']} failed:\n{tail}")
+        why = (
+            "killed by SIGKILL (out of memory?)" if proc.returncode == -9 else f"exit code {proc.returncode}"
+        )
+        raise WorkerFailed(f"bench worker {spec['backend']} failed ({why})" + (f":\n{tail}" if tail else ""))
     return json.loads(out_path.read_text())
 
 
@@ -172,8 +180,13 @@ def bench_bundle(
     raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "run": str(run)})}
     sizes = {"torch-fp32": torch_bytes(run)}
     for name, t in targets(m, probe()).items():
-        raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
-        sizes[name] = dir_bytes([bundle / f for f in m.precisions[t["precision"]].values()])
+        # with external weights (graphs over 2 GB) a precision's bytes are its whole folder
+        sizes[name] = dir_bytes([f for f in (bundle / t["precision"]).iterdir() if f.is_file()])
+        try:
+            raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
+        except WorkerFailed as e:  # the others still run: one precision too large is a result
+            log.warning("%s", e)
+            raw[name] = {"failed": str(e).splitlines()[0]}
     torch_answers = raw["torch-fp32"]["answers"]
     for name, r in raw.items():
         backends[name] = {
@@ -238,6 +251,9 @@ def bench_arch(
     torch_p50 = latency_stats(ref["latency_ms"])["p50"]
     backends = {}
     for name, r in raw.items():
+        if "failed" in r:
+            backends[name] = {"failed": r["failed"], "bytes": sizes[name]}
+            continue
         lat = latency_stats(r["latency_ms"])
         backends[name] = {
             "latency_ms": lat,
@@ -300,10 +316,15 @@ def _measure_arch(
     }
     raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "model_dir": str(model_dir)})}
     m = load_manifest(bundle, verify=False)
-    sizes = {"torch-fp32": dir_bytes([model_dir / "model.safetensors"])}
+    sizes = {"torch-fp32": dir_bytes(sorted(model_dir.glob("*.safetensors")))}  # large models: shards
     for name, t in targets(m, probe()).items():
-        raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
-        sizes[name] = dir_bytes([bundle / f for f in m.precisions[t["precision"]].values()])
+        # with external weights (graphs over 2 GB) a precision's bytes are its whole folder
+        sizes[name] = dir_bytes([f for f in (bundle / t["precision"]).iterdir() if f.is_file()])
+        try:
+            raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
+        except WorkerFailed as e:  # the others still run: one precision too large is a result
+            log.warning("%s", e)
+            raw[name] = {"failed": str(e).splitlines()[0]}
     return raw, sizes
 
 
@@ -345,7 +366,7 @@ def build_arch_bundle(
     import torch
     from PIL import Image
 
-    from edgevqa.export.exporter import make_manifest, seal, write_graphs
+    from edgevqa.export.exporter import export_graphs, make_manifest, quantize_graphs, seal
     from edgevqa.families import registry
 
     work.mkdir(parents=True, exist_ok=True)
@@ -359,11 +380,16 @@ def build_arch_bundle(
     with atomic.directory(model_dir, overwrite=True) as tmp:
         fam.save_model_dir(loaded, tmp)
     with atomic.directory(bundle, overwrite=True) as tmp:
-        write_graphs(model, family, tmp, list(precisions))
+        export_graphs(model, family, tmp)
         tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         manifest = make_manifest(
             loaded, family, list(precisions), 64, answer_tokens, {"arch": arch, "random_weights": True}
         )
+        # the model is saved for PyTorch and exported: its memory is the quantizers' now (a 3B model
+        # in fp32 is 12 GB, and quantizing its 10 GB decoder holds that graph in memory)
+        del model, loaded
+        gc.collect()
+        quantize_graphs(family, tmp, list(precisions))
         seal(tmp, manifest)
     rng = np.random.default_rng(0)
     image = work / "image.png"
@@ -396,6 +422,9 @@ def markdown_table(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in b.items():
+            if "failed" in r:
+                rows.append(f"| {name} | {r['failed']} | | | | | | {r['bytes'] / 1e6:.1f} | | |")
+                continue
             rows.append(
                 f"| {name} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
                 f"{r['speedup_vs_torch']:.2f}x | {r['peak_rss_mb']:.0f} | {r['rss_vs_torch']:.2f}x | "
@@ -505,6 +534,8 @@ def plot(out: Path, report: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     key = "token_agreement" if report["kind"] == "arch" else "agreement"
     for name, r in report["backends"].items():
+        if "failed" in r:
+            continue
         lat = r["latency_ms"]  # the bar runs from p50 to p95: the spread a user will feel
         ax.errorbar(lat["p50"], 100 * r[key], xerr=[[0], [lat["p95"] - lat["p50"]]], fmt="o", capsize=3)
         ax.annotate(name, (r["latency_ms"]["p50"], 100 * r[key]), textcoords="offset points", xytext=(5, 5))

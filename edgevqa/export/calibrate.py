@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgevqa.config import CALIB_METHODS as METHODS  # one list: the config checks the option
+from edgevqa.export import onnxfile
 
 log = logging.getLogger("edgevqa.export")
 
@@ -102,6 +103,7 @@ def static_int8(feeds: dict[str, list[dict[str, np.ndarray]]], method: str = "mi
                 nodes_to_exclude=list(exclude),
                 calibrate_method=CalibrationMethod.MinMax if method != "minmax" else cal,
                 extra_options=options,
+                use_external_data_format=onnxfile.is_external(src),
             )
         return dst
 
@@ -134,6 +136,7 @@ def histogram_ranges(src: Path, feeds: list[dict[str, np.ndarray]], method: str)
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=cal_method,
             extra_options={"symmetric": True},
+            use_external_data_format=onnxfile.is_external(src),
         )
         for group in shape_groups(feeds):
             calibrator.collect_data(_Reader(group))

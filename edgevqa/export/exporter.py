@@ -199,18 +199,29 @@ def seal(root: Path, manifest: bundle.Manifest) -> None:
 def write_graphs(
     model: Any, spec: FamilySpec, root: Path, precisions: list[str], tensorrt: bool = False
 ) -> None:
-    graphs = spec.exported(tensorrt)
+    export_graphs(model, spec, root, tensorrt)
+    quantize_graphs(spec, root, precisions, tensorrt)
+
+
+def export_graphs(model: Any, spec: FamilySpec, root: Path, tensorrt: bool = False) -> None:
+    """``root/fp32``: every graph of ``spec`` exported from ``model``."""
     fp32 = root / "fp32"
     fp32.mkdir()
     with step("onnx"):
-        for g in graphs:
+        for g in spec.exported(tensorrt):
             export_onnx.export_graph(model, spec, g.name, fp32 / f"{g.name}.onnx")
+
+
+def quantize_graphs(spec: FamilySpec, root: Path, precisions: list[str], tensorrt: bool = False) -> None:
+    """``root/<precision>`` from ``root/fp32`` for each precision quantized from fp32 alone (the
+    model is not needed: a caller short of memory may free it first)."""
+    fp32 = root / "fp32"
     for p in precisions:
         if p == "fp32" or p not in QUANTIZERS:  # calibrated precisions need the bundle first
             continue
         (root / p).mkdir()
         with step(p):
-            for g in graphs:
+            for g in spec.exported(tensorrt):
                 QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
 
 

@@ -4,7 +4,8 @@ most, keep them in fp32, try again.
 Sensitivity is measured, per node and locally: each MatMul of the quantized graph is run on the
 validation inputs, and its output is compared with ``X @ W`` computed from the *same* input X
 and the fp32 weight W. Errors that arrive from upstream nodes therefore do not count against a
-node; only what its own quantization did.
+node; only what its own quantization did. A token table quantized to int8 (a Gather from a
+constant table, export/quantize.py) is a candidate too: its rows against the fp32 table's rows.
 """
 
 from __future__ import annotations
@@ -38,34 +39,72 @@ def _scope(node) -> str:
 def local_errors(
     graph: str, fp32_path: Path, q_path: Path, feeds: list[dict[str, np.ndarray]]
 ) -> list[NodeError]:
-    """Local relative error of every weight MatMul in the quantized graph at ``q_path``."""
+    """Local relative error of every weight MatMul (and constant-table Gather) in the quantized
+    graph at ``q_path``.
+
+    Weights are read one at a time and the probe graph is written beside ``q_path`` (sharing its
+    external data), so graphs over 2 GB are measured without a second copy in memory."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    fp = onnx.load(str(fp32_path))
-    weights = {i.name: numpy_helper.to_array(i) for i in fp.graph.initializer}
-    nodes = [n for n in fp.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    q = onnx.load(str(q_path))
+    FLOAT = TensorProto.FLOAT
+
+    fp = onnx.load(str(fp32_path), load_external_data=False)
+    inits = {i.name: i for i in fp.graph.initializer}
+    q = onnx.load(str(q_path), load_external_data=False)
+    replaced = {i.name for i in fp.graph.initializer} - {i.name for i in q.graph.initializer}
+    nodes = [
+        n
+        for n in fp.graph.node
+        if (n.op_type == "MatMul" and _weight(n) in inits)
+        # a float table the quantizer replaced (by its int8 copy); position tables stay fp32
+        or (n.op_type == "Gather" and _weight(n) in replaced and inits[_weight(n)].data_type == FLOAT)
+    ]
     # intermediate tensors become outputs, with their real element type (fp16 graphs have fp16 ones)
     types = {
         v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(q).graph.value_info
     }
-    present = {o.name for o in q.graph.output}
-    for name in {t for n in nodes for t in (n.input[0], n.output[0])} - present:
+    present = {o.name for o in q.graph.output} | {i.name for i in q.graph.input}
+    wanted = {t for n in nodes for t in (_activation(n), n.output[0])}
+    for name in wanted - present:
         q.graph.output.append(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    worst = dict.fromkeys((n.name for n in nodes), 0.0)
-    for feed in feeds:
-        got = {k: v.astype(np.float32) for k, v in zip(names, sess.run(None, feed))}
-        for n in nodes:
-            ref = np.matmul(got[n.input[0]], weights[n.input[1]].astype(np.float32))
-            err = float(np.linalg.norm(got[n.output[0]] - ref) / (np.linalg.norm(ref) + 1e-12))
-            worst[n.name] = max(worst[n.name], err)
-    return [NodeError(graph, n.name, _scope(n), worst[n.name]) for n in nodes]
+    probe = q_path.with_name(f".probe-{q_path.name}")
+    onnx.save(q, str(probe))
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(probe), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        runs = [
+            {k: v for k, v in [*zip(names, sess.run(None, feed)), *feed.items()] if k in wanted}
+            for feed in feeds
+        ]
+        del sess
+    finally:
+        probe.unlink(missing_ok=True)
+    out = []
+    for n in nodes:  # one weight in memory at a time: a 3B model's decoder is 10 GB
+        w = numpy_helper.to_array(inits[_weight(n)], base_dir=str(fp32_path.parent)).astype(np.float32)
+        worst = 0.0
+        for got in runs:
+            x, y = got[_activation(n)], got[n.output[0]].astype(np.float32)
+            ref = np.take(w, x, axis=0) if n.op_type == "Gather" else np.matmul(x.astype(np.float32), w)
+            worst = max(worst, float(np.linalg.norm(y - ref) / (np.linalg.norm(ref) + 1e-12)))
+        out.append(NodeError(graph, n.name, _scope(n), worst))
+    return out
+
+
+# which input of a candidate node is its constant weight (the other is what it reads)
+GATHER = {"Gather": 0, "MatMul": 1}
+
+
+def _weight(node) -> str:
+    return node.input[GATHER[node.op_type]]
+
+
+def _activation(node) -> str:
+    return node.input[1 - GATHER[node.op_type]]
 
 
 def exclusion_schedule(n_nodes: int) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from edgevqa.export import onnxfile
 from edgevqa.families import registry
 from edgevqa.families.spec import FamilySpec, GraphSpec
 
@@ -36,7 +37,8 @@ def dynamic_shapes(g: GraphSpec) -> dict[str, dict[int, Any]]:
 
 
 def export_graph(model: Any, spec: FamilySpec, graph: str, path: Path) -> Path:
-    """Export ``graph`` of ``model`` to ``path`` (one self-contained .onnx file)."""
+    """Export ``graph`` of ``model`` to ``path`` (one .onnx file; its weights in ``path.data``
+    beside it when they pass protobuf's 2 GB limit: export/onnxfile.py)."""
     g = spec.graph(graph)
     module = wrapper(spec.family, graph, model)
     # T>1 at trace time: the causal mask stays general; a family may trace at sizes of its own
@@ -56,11 +58,12 @@ def export_graph(model: Any, spec: FamilySpec, graph: str, path: Path) -> Path:
             input_names=list(g.inputs),
             output_names=list(g.outputs),
             opset_version=spec.opset,
-            external_data=False,
             verbose=False,
             optimize=True,
         )
-        prog.save(str(path))
+        weights = prog.model.graph.initializers.values()
+        big = sum(v.const_value.nbytes for v in weights if v.const_value is not None) > onnxfile.LIMIT
+        prog.save(str(path), external_data=big)
     strip_stack_traces(path)
     return path
 
@@ -71,7 +74,7 @@ def strip_stack_traces(path: Path) -> None:
     report names layers with them)."""
     import onnx
 
-    m = onnx.load(str(path))
+    m = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
     for node in m.graph.node:
         keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
         del node.metadata_props[:]

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from edgevqa.export import onnxfile
+
 log = logging.getLogger("edgevqa.export")
 
 
@@ -39,6 +41,10 @@ def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     table = Path(src).stem in EMBEDDING_GRAPHS
+    if not table and onnxfile.is_external(src):  # over 2 GB: quantize_dynamic needs 3x its size in RAM
+        from edgevqa.export import dynamic_int8
+
+        return dynamic_int8.quantize(src, dst, exclude)
     with _quiet_root():
         quantize_dynamic(
             model_input=str(src),
@@ -48,6 +54,7 @@ def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
             op_types_to_quantize=["Gather"] if table else ["MatMul", "Gemm"],
             nodes_to_exclude=list(exclude),
             extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=onnxfile.is_external(src),  # a table over 2 GB (onnxfile.py)
         )
     return dst
 
@@ -75,8 +82,15 @@ def convert_fp16(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
     # and require strict inference to pass before the graph ships.
     topological_sort(m16.graph)
     del m16.graph.value_info[:]
-    onnx.shape_inference.infer_shapes(m16, check_type=True, strict_mode=True)
-    onnx.save(m16, str(dst))
+    if onnxfile.weight_bytes(m16) <= onnxfile.LIMIT:  # in-memory inference stops at 2 GB
+        onnx.shape_inference.infer_shapes(m16, check_type=True, strict_mode=True)
+        return onnxfile.save(m16, dst, external=False)
+    onnxfile.save(m16, dst, external=True)
+    checked = dst.with_name(dst.name + ".inferred")  # the check only: the graph ships as saved
+    try:
+        onnx.shape_inference.infer_shapes_path(str(dst), str(checked), check_type=True, strict_mode=True)
+    finally:
+        checked.unlink(missing_ok=True)
     return dst
 
 
@@ -121,7 +135,8 @@ def quantize_int4(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
             nodes_to_exclude=list(exclude),
         )
         q.process()
-        q.model.save_model_to_file(str(dst), use_external_data_format=False)
+        q.model.topological_sort()
+        onnxfile.save(q.model.model, dst)
     return dst
 
 

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import hf_answer
 from PIL import Image
 
 from edgevqa.errors import BundleError, InputError
@@ -28,16 +29,6 @@ def hf(pg_lora):
     model = PeftModel.from_pretrained(base, str(pg_lora / "adapter")).merge_and_unload().eval()
     torch.manual_seed(0)
     return proc, model
-
-
-def hf_answer(proc, model, image, question: str, max_new: int = 8) -> list[int]:
-    import torch
-
-    inputs = proc(images=image, text="<image>answer en " + question, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
-    seq = out[0, inputs["input_ids"].shape[1] :].tolist()
-    return seq[: seq.index(1) + 1] if 1 in seq else seq  # up to and including <eos> (id 1)
 
 
 def test_runtime_answers_exactly_as_transformers_generate_on_the_merged_model(pg_bundle, hf, synth_data):
