@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from edgevqa.export import onnxfile
+from edgevqa.export.quantize import RESIDUAL_KEY
 from edgevqa.families import registry
 from edgevqa.families.spec import FamilySpec, GraphSpec
 
@@ -64,14 +65,14 @@ def export_graph(model: Any, spec: FamilySpec, graph: str, path: Path) -> Path:
         weights = prog.model.graph.initializers.values()
         big = sum(v.const_value.nbytes for v in weights if v.const_value is not None) > onnxfile.LIMIT
         prog.save(str(path), external_data=big)
-    strip_stack_traces(path)
+    finish(path, {RESIDUAL_KEY: g.residual} if g.residual else {})
     return path
 
 
-def strip_stack_traces(path: Path) -> None:
+def finish(path: Path, metadata: dict[str, str]) -> None:
     """Drop the exporter's per-node stack traces: they hold file paths of the exporting machine,
     which have no business in a bundle shipped to hospitals. Module scopes stay (the fallback
-    report names layers with them)."""
+    report names layers with them). Record ``metadata`` in the graph."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
@@ -79,4 +80,5 @@ def strip_stack_traces(path: Path) -> None:
         keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
         del node.metadata_props[:]
         node.metadata_props.extend(keep)
+    onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, **metadata})
     onnx.save(m, str(path))

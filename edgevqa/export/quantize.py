@@ -61,25 +61,61 @@ def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
 
 # fp16 keeps these in fp32: normalisations and reductions lose too much in half precision
 FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt")
+# graph metadata (written by the export, from GraphSpec.residual): the input carrying the residual stream
+RESIDUAL_KEY = "edgevqa.residual_input"
+
+
+def residual_nodes(model, start: str) -> list[str]:
+    """The nodes that add to or read the residual stream that enters at input ``start``, and
+    what they compute from it up to the next MatMul: every Add that reads the stream extends it
+    (x + attention, x + MLP), and a norm (x^2, its mean, rsqrt, x * rsqrt, the weight) stays in
+    fp32 up to the projection it feeds. Integer values (shapes) do not carry it on."""
+    import onnx
+    from onnx import TensorProto
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {
+        v.name
+        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT
+    }
+    stream, derived, keep = {start}, set(), []
+    for n in model.graph.node:  # topological order (the exporter's)
+        if n.op_type == "MatMul" or not any(i in stream or i in derived for i in n.input):
+            continue
+        keep.append(n.name)
+        out = {o for o in n.output if o in floats}
+        derived |= out
+        if n.op_type == "Add" and any(i in stream for i in n.input):
+            stream |= out
+    return keep
 
 
 def convert_fp16(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
     """fp16 copy of ``src`` for GPUs: weights and most ops in half precision, graph inputs and outputs
-    still fp32 (the runtime feeds the same arrays), FP16_KEEP_FP32 ops and ``exclude`` nodes in fp32."""
+    still fp32 (the runtime feeds the same arrays); FP16_KEEP_FP32 ops, the residual stream (when
+    the export named its input, RESIDUAL_KEY) and ``exclude`` nodes in fp32."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    light = onnx.load(str(src), load_external_data=False)  # shapes and types: no weights needed
+    residual = {p.key: p.value for p in light.metadata_props}.get(RESIDUAL_KEY)
+    keep = residual_nodes(light, residual) if residual else []
+    del light
+    model = onnx.load(str(src))
     with _quiet_root():
         m16 = convert_float_to_float16(
-            onnx.load(str(src)),
+            model,
             keep_io_types=True,
             op_block_list=list(FP16_KEEP_FP32),
-            node_block_list=list(exclude),
+            node_block_list=[*exclude, *keep],
         )
     # the converter appends its Cast nodes after their consumers and leaves value_info typed as
     # before the conversion (float where a tensor is now float16): onnxruntime tolerates both,
     # ONNX type inference and other runtimes do not. Sort the nodes, drop the stale annotations,
     # and require strict inference to pass before the graph ships.
+    fp32_made = {n.name for n in m16.graph.node if n.op_type in FP16_KEEP_FP32} | set(exclude) | set(keep)
+    read_fp32_directly(m16.graph, fp32_made)
     topological_sort(m16.graph)
     del m16.graph.value_info[:]
     if onnxfile.weight_bytes(m16) <= onnxfile.LIMIT:  # in-memory inference stops at 2 GB
@@ -92,6 +128,35 @@ def convert_fp16(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
     finally:
         checked.unlink(missing_ok=True)
     return dst
+
+
+def read_fp32_directly(graph, fp32_nodes: set[str]) -> None:
+    """The converter hands every fp32 value to an fp32 node through fp16: cast down after the
+    graph input or the fp32 node that made it, cast back up before the reader. A residual stream
+    of 1e5 is inf by then, and x^2 of any |x| > 256. Readers take the fp32 value itself; casts
+    left without readers are removed."""
+    from onnx import TensorProto
+
+    def cast_to(n, to: int) -> bool:
+        return n.op_type == "Cast" and any(a.name == "to" and a.i == to for a in n.attribute)
+
+    fp32 = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+    fp32 |= {o for n in graph.node if n.name in fp32_nodes or cast_to(n, TensorProto.FLOAT) for o in n.output}
+    made = {o: n for n in graph.node for o in n.output}
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            up = made.get(name)
+            down = made.get(up.input[0]) if up is not None and cast_to(up, TensorProto.FLOAT) else None
+            if down is not None and cast_to(down, TensorProto.FLOAT16) and down.input[0] in fp32:
+                n.input[k] = down.input[0]
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in read for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
 
 
 def topological_sort(graph) -> None:

@@ -63,6 +63,7 @@ SPEC = FamilySpec(
             atol=1e-3,
             role="step",
             streams_weights=True,
+            residual="inputs_embeds",
         ),
         GraphSpec(
             "decoder_first",
@@ -72,6 +73,7 @@ SPEC = FamilySpec(
             tensorrt_only=True,
             role="first",
             streams_weights=True,
+            residual="inputs_embeds",
         ),
     ),
 )

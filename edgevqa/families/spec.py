@@ -32,6 +32,9 @@ class GraphSpec:
     # the graph streams its weights for every generated token (memory-bound at batch 1): the
     # candidates for 4-bit weights
     streams_weights: bool = False
+    # the input that carries the residual stream (a decoder-only LM's hidden states): fp16 keeps it,
+    # its additions and whatever reads it in fp32 (Gemma's residual stream passes fp16's 65504)
+    residual: str = ""
 
 
 @dataclass(frozen=True)

@@ -336,3 +336,36 @@ def test_gemma2_decoder_exports(tmp_path):
     got = sess.run(None, {k: v.numpy() for k, v in feed.items()})
     assert got[1].shape == (2, 1, 2, 8, 16)
     assert max(np.abs(r.numpy() - o).max() for r, o in zip(ref, got)) <= SPEC.graph("decoder_step").atol
+
+
+def test_fp16_keeps_gemmas_residual_stream_in_fp32(gemma, exported, tmp_path):
+    """Gemma's residual stream grows past fp16's 65504: the fp16 graph keeps it, its additions and
+    its readers (the norms' square and x * rsqrt) in fp32, and answers a stream of 1e5 as fp32
+    does. Without the export's mark the same conversion overflows: the test can fail."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgevqa.export.quantize import RESIDUAL_KEY, convert_fp16
+
+    src = exported["decoder_step"]
+    assert {p.key: p.value for p in onnx.load(str(src)).metadata_props}[RESIDUAL_KEY] == "inputs_embeds"
+    feed = {
+        k: v.numpy()
+        for k, v in xpg.dummy_inputs(gemma, "decoder_step", batch=1, question=4, past=2, new=3).items()
+    }
+    feed["inputs_embeds"] = feed["inputs_embeds"] / np.abs(feed["inputs_embeds"]).max() * 1e5
+
+    def logits(path) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
+
+    ref = logits(src)
+    (tmp_path / "kept").mkdir()
+    got = logits(convert_fp16(src, tmp_path / "kept" / "decoder_step.onnx"))
+    assert np.isfinite(got).all()
+    assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max()
+    unmarked = onnx.load(str(src))
+    del unmarked.metadata_props[:]
+    (tmp_path / "unmarked").mkdir()
+    onnx.save(unmarked, str(tmp_path / "unmarked" / "decoder_step.onnx"))
+    bad = logits(convert_fp16(tmp_path / "unmarked" / "decoder_step.onnx", tmp_path / "bad.onnx"))
+    assert not np.isfinite(bad).all() or np.abs(bad - ref).max() > 0.1 * np.abs(ref).max()
