@@ -296,3 +296,31 @@ def test_teacher_forced_top1_is_the_greedy_answer_and_sees_a_wrong_one(bundle, s
     assert pipe.teacher_forced(path, r.question, ids) == ids  # greedy: each token is the argmax
     wrong = [(ids[0] + 1) % 50 + 5, *ids[1:]]
     assert pipe.teacher_forced(path, r.question, wrong)[0] == ids[0]
+
+
+def test_a_saved_run_answers_in_plain_transformers_as_the_bundle_does(bundle, base_run, lora_run, synth_data):
+    """A user of plain transformers + peft (BlipProcessor, generate) gets the bundle's answers, also
+    for questions longer than anything training truncated to: no tokenizer state is saved."""
+    import torch
+    from peft import PeftModel
+    from PIL import Image
+    from tokenizers import Tokenizer
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+
+    for saved in (base_run / "model", base_run / "tokenizer", bundle):
+        assert json.loads((saved / "tokenizer.json").read_text())["truncation"] is None, saved
+    proc = BlipProcessor.from_pretrained(base_run / "model")
+    base = BlipForQuestionAnswering.from_pretrained(base_run / "model")
+    model = PeftModel.from_pretrained(base, str(lora_run / "adapter")).merge_and_unload().eval()
+    plain = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    recs = [r for r in load_split(synth_data, "test") if len(plain.encode(r.question).ids) > 9]
+    assert len(recs) >= 3  # questions longer than training's answer truncation (9), so it would show
+    pipe = VQAPipeline.from_bundle(bundle, precision="fp32")
+    for r in recs:
+        inputs = proc(images=Image.open(r.image_path(synth_data)).convert("RGB"), text=r.question, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=8)
+        assert pipe.ask(r.image_path(synth_data), r.question).text == proc.decode(out[0], skip_special_tokens=True)

@@ -390,6 +390,7 @@ def build_arch_bundle(
 
     from edgevqa.export.exporter import make_manifest, quantize_graphs, seal
     from edgevqa.families import registry
+    from edgevqa.train.tokenizer import as_saved
 
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -411,7 +412,7 @@ def build_arch_bundle(
     gc.collect()
     with atomic.directory(bundle, overwrite=True) as tmp:
         export_in_child(family.family, model_dir, tmp)
-        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        as_saved(tok).backend_tokenizer.save(str(tmp / "tokenizer.json"))
         quantize_graphs(family, tmp, list(precisions))
         seal(tmp, manifest)
     rng = np.random.default_rng(0)

@@ -34,6 +34,7 @@ from edgevqa.families import registry
 from edgevqa.families.spec import FamilySpec
 from edgevqa.train.base import Loaded
 from edgevqa.train.data import ImageCache
+from edgevqa.train.tokenizer import as_saved
 
 log = logging.getLogger("edgevqa.export")
 
@@ -92,7 +93,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     xfam = registry.side(tcfg.family, "export")
     with atomic.directory(out, overwrite=cfg.overwrite) as tmp:
         write_graphs(model, spec, tmp, precisions, tensorrt=cfg.trt)
-        tok.backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
+        as_saved(tok).backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
         manifest = make_manifest(
             merged.loaded,
             spec,

@@ -16,6 +16,7 @@ from typing import Any
 from edgevqa.bundle import ImageSpec
 from edgevqa.errors import InputError
 from edgevqa.train.base import Loaded, resolve_model_dir  # noqa: F401 (re-exported)
+from edgevqa.train.tokenizer import as_saved
 
 FAMILY = "blip-vqa"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -153,7 +154,7 @@ def read_image_spec(src: str) -> ImageSpec:
 def save_model_dir(loaded: Loaded, out: Path) -> None:
     """Write a folder that ``load_pretrained`` and ``transformers`` can both read."""
     loaded.model.save_pretrained(out, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(out)
+    as_saved(loaded.tokenizer).save_pretrained(out)
     spec = loaded.image
     inv = {v: k for k, v in _PIL_RESAMPLE.items()}
     (out / "preprocessor_config.json").write_text(

@@ -23,6 +23,7 @@ from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
 from edgevqa.families import registry
 from edgevqa.train import base as train_base
+from edgevqa.train.tokenizer import as_saved
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -114,7 +115,7 @@ def load_model(cfg: TrainConfig, run: Path, texts: list[str]) -> train_base.Load
             )
         return fam.build_preset(cfg.base, sorted(words_of(texts)), run / "tokenizer", cfg)
     loaded = fam.load_pretrained(cfg.base)
-    loaded.tokenizer.save_pretrained(run / "tokenizer")
+    as_saved(loaded.tokenizer).save_pretrained(run / "tokenizer")
     return loaded
 
 

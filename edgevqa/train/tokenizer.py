@@ -22,7 +22,7 @@ from __future__ import annotations
 import string
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import normalizers, pre_tokenizers
 
@@ -78,4 +78,18 @@ def build_wordpiece_tokenizer(words: Iterable[str], out_dir: Path) -> BertTokeni
     tok.save_pretrained(out_dir)
     # transformers 5 writes only tokenizer.json; vocab.txt is for humans and slow-tokenizer loaders.
     (out_dir / "vocab.txt").write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
+    return tok
+
+
+def as_saved(tok: Any) -> Any:
+    """``tok`` without the truncation and padding a call left on its fast backend, and so fit to save.
+
+    A call such as ``tok(texts, truncation=True, max_length=9)`` sets the backend's truncation,
+    and ``save_pretrained`` writes it into ``tokenizer.json``: whoever loads the saved model with
+    plain ``tokenizers`` or transformers would cut every longer question at 9 tokens. Every place
+    that saves a tokenizer goes through here.
+    """
+    backend = tok.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
     return tok

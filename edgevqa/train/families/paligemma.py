@@ -30,6 +30,7 @@ from edgevqa.families import registry
 from edgevqa.train import infer, lora
 from edgevqa.train.base import Generated, Loaded, resolve_model_dir
 from edgevqa.train.data import ImageCache, pad
+from edgevqa.train.tokenizer import as_saved
 
 FAMILY = "paligemma"
 RECIPES = ("default", "projector", "lora")
@@ -268,6 +269,7 @@ def save_model_dir(loaded: Loaded, out: Path) -> None:
     """A folder that plain transformers loads (``PaliGemmaForConditionalGeneration`` and
     ``PaliGemmaProcessor``), with the prompt template beside it."""
     loaded.model.save_pretrained(out, safe_serialization=True)
+    as_saved(loaded.tokenizer)
     processor(loaded).save_pretrained(out)
     (out / SETTINGS).write_text(json.dumps({"prompt": prompt_of(loaded)}, indent=2))
 
