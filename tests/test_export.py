@@ -94,7 +94,7 @@ def test_gate_refuses_a_broken_quantization(lora_run, tmp_path, monkeypatch):
 
     monkeypatch.setitem(exporter.QUANTIZERS, "int8", broken)
     out = tmp_path / "bad-bundle"
-    with pytest.raises(ValidationError, match="int8 answers agree.*kept in fp32") as e:
+    with pytest.raises(ValidationError, match="int8 answers agree.*in fp32 did not help") as e:
         exporter.export(
             ExportConfig(run=str(lora_run), out=str(out), precisions=["fp32", "int8"], validate_limit=30),
             progress=False,
@@ -320,7 +320,68 @@ def test_a_saved_run_answers_in_plain_transformers_as_the_bundle_does(bundle, ba
     assert len(recs) >= 3  # questions longer than training's answer truncation (9), so it would show
     pipe = VQAPipeline.from_bundle(bundle, precision="fp32")
     for r in recs:
-        inputs = proc(images=Image.open(r.image_path(synth_data)).convert("RGB"), text=r.question, return_tensors="pt")
+        inputs = proc(
+            images=Image.open(r.image_path(synth_data)).convert("RGB"), text=r.question, return_tensors="pt"
+        )
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=8)
-        assert pipe.ask(r.image_path(synth_data), r.question).text == proc.decode(out[0], skip_special_tokens=True)
+        assert pipe.ask(r.image_path(synth_data), r.question).text == proc.decode(
+            out[0], skip_special_tokens=True
+        )
+
+
+def test_each_precision_reports_what_it_quantized(bundle):
+    from edgevqa.export.fallback import weight_matmuls
+
+    fid = json.loads((bundle / "fidelity.json").read_text())
+    share = fid["precisions"]["int8"]["quantized"]
+    total = sum(len(weight_matmuls(g)) for g in (bundle / "fp32").glob("*.onnx"))
+    assert share["of"] == total > 0 and share["matmuls"] == total  # no fallback: every one is int8
+    assert share["bytes"] == sum(f.stat().st_size for f in (bundle / "int8").iterdir())
+    assert fid["precisions"]["fp32"]["quantized"]["matmuls"] == 0
+
+
+def test_a_quantized_precision_that_quantizes_nothing_is_refused(lora_run, tmp_path, monkeypatch):
+    """An "int8" whose weights all stayed fp32 agrees perfectly, and is fp32 under another name."""
+    import shutil
+
+    from edgevqa.export import exporter
+
+    monkeypatch.setitem(exporter.QUANTIZERS, "int8", lambda src, dst, exclude=(): shutil.copy(src, dst))
+    cfg = ExportConfig(
+        run=str(lora_run), out=str(tmp_path / "b"), precisions=["fp32", "int8"], validate_limit=10, force=True
+    )
+    fid = json.loads((exporter.export(cfg, progress=False) / "fidelity.json").read_text())
+    assert fid["precisions"]["int8"]["answer_agreement"] == 1.0
+    assert fid["precisions"]["int8"]["quantized"]["matmuls"] == 0 and not fid["passed"]
+    with pytest.raises(ValidationError, match=r"int8 quantizes none of its \d+ weight MatMuls"):
+        exporter.gate(fid, ExportConfig(run="r", out="o"))  # what refuses it without --force
+    assert any(line.startswith("int8:") and " 0 of " in line for line in exporter.summary(fid))
+
+
+def test_the_fallback_keeps_only_what_improves_the_answers(lora_run, tmp_path, monkeypatch):
+    """Local error ranks a harmless layer first: keeping it in fp32 does not improve the answers,
+    so it is dropped, and only the broken layer is kept."""
+    from edgevqa.export import exporter, fallback
+    from edgevqa.export.quantize import quantize_int8
+
+    target = "transform.dense"
+    monkeypatch.setitem(exporter.QUANTIZERS, "int8", ruining(quantize_int8, target))
+    measured = fallback.local_errors
+
+    def misranked(*args):
+        errs = sorted(measured(*args), key=lambda e: -e.rel_error)
+        if errs and errs[0].scope == target:  # the broken layer's graph: a harmless one goes first
+            errs[0], errs[-1] = errs[-1], errs[0]
+            errs[0] = fallback.NodeError(errs[0].graph, errs[0].node, errs[0].scope, 1e9)
+        return errs
+
+    monkeypatch.setattr(fallback, "local_errors", misranked)
+    out = tmp_path / "bundle"
+    exporter.export(ExportConfig(run=str(lora_run), out=str(out), validate_limit=30), progress=False)
+    int8 = json.loads((out / "fidelity.json").read_text())["precisions"]["int8"]
+    fb = int8["fallback"]
+    assert fb["attempts"][0]["accepted"] is False  # the harmless layer alone: answers no better
+    assert [e["scope"] for e in fb["kept_fp32"]] == [target]
+    assert int8["quantized"]["matmuls"] == int8["quantized"]["of"] - 1
+    assert int8["answer_agreement"] >= 0.98

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -94,4 +95,8 @@ def export(
         trt_timing_cache=str(trt_timing_cache) if trt_timing_cache else "",
     )
     bundle = run_export(cfg, data=str(data) if data else None)
+    from edgevqa.export.exporter import summary
+
+    for line in summary(json.loads((bundle / "fidelity.json").read_text())):
+        typer.echo(line)
     typer.echo(f'next: edgevqa ask IMAGE "QUESTION" --model {bundle}')

@@ -29,6 +29,7 @@ from edgevqa.errors import InputError, ValidationError
 from edgevqa.eval.metrics import record_accuracy
 from edgevqa.export import merge, tensorrt, validate
 from edgevqa.export import onnx as export_onnx
+from edgevqa.export.fallback import quantized_share
 from edgevqa.export.quantize import QUANTIZERS
 from edgevqa.families import registry
 from edgevqa.families.spec import FamilySpec
@@ -292,6 +293,8 @@ class Validator:
             same += sum(x == y for x, y in zip(top1, ref))
             total += len(ref)
         rep = {"graphs": graphs, **validate.compare_answers(self.ref, ids, texts, self.records)}
+        if p not in tensorrt.SOURCES:  # engines are not ONNX graphs: their layers are TensorRT's
+            rep["quantized"] = quantized_share(root / "fp32", root / p, [g.name for g in self.spec.graphs])
         # PyTorch's answer fed back token by token: how often the graphs pick its next token
         rep["teacher_forced_top1"] = same / max(total, 1)
         log.info("%s: answer agreement with PyTorch %.4f", p, rep["answer_agreement"])
@@ -385,7 +388,7 @@ def fallback_precision(
             stand-ins for engines).
         rebuild: ``rebuild(graph, nodes)`` writes p's graph again with ``nodes`` kept in fp32.
     """
-    from edgevqa.export.fallback import exclusion_schedule, local_errors
+    from edgevqa.export.fallback import exclusion_batches, local_errors
 
     fp32 = root / "fp32"
     errors = []
@@ -401,21 +404,46 @@ def fallback_precision(
         cfg.min_agreement,
         ", ".join(f"{e.graph}/{e.scope} {e.rel_error:.3f}" for e in errors[:3]),
     )
-    rep, keep, attempts, excluded = first, [], [], {g.name: [] for g in graphs}
-    for k in exclusion_schedule(len(errors)):
-        keep = errors[:k]
+    excluded = {g.name: [] for g in graphs}
+
+    def build(nodes: list) -> None:  # rebuild only the graphs whose exclusions changed
         for g in graphs:
-            nodes = [e.node for e in keep if e.graph == g.name]
-            if nodes != excluded[g.name]:  # rebuild only the graphs whose exclusions changed
-                rebuild(g.name, nodes)
-                excluded[g.name] = nodes
+            names = [e.node for e in nodes if e.graph == g.name]
+            if names != excluded[g.name]:
+                rebuild(g.name, names)
+                excluded[g.name] = names
+
+    def score(rep: dict) -> tuple[float, float]:  # what the gate measures, then its finer grain
+        return rep["answer_agreement"], rep.get("teacher_forced_top1", 0.0)
+
+    # Local error orders the candidates; answers decide. A batch is kept only if the answers
+    # improve with it (keeping a layer in fp32 can make them worse: its error may have cancelled
+    # another's), so what ships is the best set measured, never a later, worse one.
+    best, keep, attempts = first, [], []
+    for batch in exclusion_batches(errors):
+        trial = keep + batch
+        build(trial)
         rep = v.precision(root, p)
-        attempts.append({"kept_fp32": k, "answer_agreement": rep["answer_agreement"]})
-        if rep["answer_agreement"] >= cfg.min_agreement:
+        better = score(rep) > score(best)
+        attempts.append(
+            {
+                "kept_fp32": len(trial),
+                "answer_agreement": rep["answer_agreement"],
+                "teacher_forced_top1": rep.get("teacher_forced_top1"),
+                "accepted": better,
+            }
+        )
+        if better:
+            best, keep = rep, trial
+        if best["answer_agreement"] >= cfg.min_agreement:
             break
+    build(keep)  # the last trial may have been rejected: the graphs go back to the best set
+    rep = best
     rep["fallback"] = {
         "reason": f"answer agreement {first['answer_agreement']:.4f} < --min-agreement {cfg.min_agreement}",
-        "measure": "per MatMul: ||Y_q - X W_fp32|| / ||X W_fp32|| on its own input X, worst over inputs",
+        "measure": "candidates ranked per MatMul by ||Y_q - X W_fp32|| / ||X W_fp32|| on its own input X "
+        "(worst over inputs); a batch of them is kept in fp32 only if answer agreement "
+        "(then teacher-forced top-1) improves",
         "kept_fp32": [asdict(e) for e in keep],
         "attempts": attempts,
         "most_sensitive": [asdict(e) for e in errors[:10]],
@@ -433,15 +461,46 @@ def verdict(fidelity: dict[str, Any], cfg: ExportConfig) -> None:
                 for g, r in rep["graphs"].items()
                 if not r["within_atol"]
             ]
+        share = rep.get("quantized")
+        if p != "fp32" and share and share["of"] and not share["matmuls"]:
+            problems.append(
+                f"{p} quantizes none of its {share['of']} weight MatMuls (all kept in fp32): it would "
+                f"ship fp32 under the name {p}"
+            )
         if rep["answer_agreement"] < cfg.min_agreement:
-            kept = len(rep.get("fallback", {}).get("kept_fp32", []))
+            fb = rep.get("fallback", {})
+            kept, tried = (
+                len(fb.get("kept_fp32", [])),
+                max((a["kept_fp32"] for a in fb.get("attempts", [])), default=0),
+            )
             problems.append(
                 f"{p} answers agree with PyTorch on {rep['answer_agreement']:.1%} of validation "
                 f"questions (< --min-agreement {cfg.min_agreement:.0%})"
                 + (f" even with its {kept} most sensitive MatMuls kept in fp32" if kept else "")
+                + (
+                    f" (keeping up to {tried} of its most sensitive MatMuls in fp32 did not help)"
+                    if tried and not kept
+                    else ""
+                )
             )
     fidelity["passed"] = not problems
     fidelity["problems"] = problems
+
+
+def summary(fidelity: dict[str, Any]) -> list[str]:
+    """One line per precision for people: agreement, how much of it is quantized, its size."""
+    lines = []
+    for p, rep in fidelity["precisions"].items():
+        line = f"{p}: agrees with PyTorch on {rep['answer_agreement']:.1%} of {fidelity['n']} questions"
+        share = rep.get("quantized")
+        if share and p != "fp32":
+            kept = share["of"] - share["matmuls"]
+            line += f"; {share['matmuls']} of {share['of']} weight MatMuls quantized"
+            line += f" ({kept} kept in fp32)" if kept else ""
+        if share:
+            line += f"; {share['bytes'] / 1e6:.1f} MB"
+        lines.append(line)
+    return lines
 
 
 def gate(fidelity: dict[str, Any], cfg: ExportConfig) -> None:
