@@ -153,3 +153,15 @@ def test_unloadable_base_leaves_no_run(tmp_path, synth_data, monkeypatch):
     with pytest.raises(InputError, match="holds no model"):
         loop.train(TrainConfig(base=str(tmp_path), data=str(synth_data), out=str(out)), progress=False)
     assert not out.exists()
+
+
+def test_a_short_run_gets_a_warmup_that_fits_it_and_is_told(caplog):
+    from edgevqa.train.loop import fit_warmup, get_lr
+
+    cfg = TrainConfig(base="tiny-blip", data="d", out="o", lr=1e-3, warmup_steps=300, max_steps=40)
+    with caplog.at_level("WARNING", logger="edgevqa.train"):
+        fitted = fit_warmup(cfg, 40)
+    assert fitted.warmup_steps == 4 and "warm-up of 300 steps in a 40-step run" in caplog.text
+    assert get_lr(3, 40, fitted) == pytest.approx(1e-3)  # peak after the 4th step, not never
+    assert max(get_lr(s, 40, cfg) for s in range(40)) < 1.4e-4  # what the run got before
+    assert fit_warmup(cfg, 1200) is cfg  # a warm-up of a quarter of the run or less is left alone

@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,22 @@ def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def fit_warmup(cfg: TrainConfig, total: int) -> TrainConfig:
+    """A warm-up longer than a quarter of the run (a recipe's 300 steps in a 40-step run) would keep
+    the lr near zero for most of it: shorten it to a tenth of the run, and say so."""
+    if cfg.warmup_steps * 4 <= total:
+        return cfg
+    fitted = total // 10
+    log.warning(
+        "warm-up of %d steps in a %d-step run: the lr would stay below its peak for most of it; "
+        "using %d warm-up steps (a tenth of the run)",
+        cfg.warmup_steps,
+        total,
+        fitted,
+    )
+    return replace(cfg, warmup_steps=fitted)
 
 
 @dataclass
@@ -239,15 +255,16 @@ def _train(
 
     loaded = setup.load_model(cfg, run, setup.vocabulary_texts(cfg, train_items))
     task = build_task(cfg, loaded, train_items, val_items, device)
+    n = task.n_train
+    micro_per_epoch = max(1, n // cfg.batch_size) if task.drop_last else math.ceil(n / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    cfg = fit_warmup(cfg, total)
     config.save(cfg, run / "config.json")
     n_train, n_all = lora.count_parameters(task.module)
     log.info("recipe %s on %s (%s)", cfg.recipe, device.type, precision)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{n_train:,}", f"{n_all:,}", 100 * n_train / n_all)
 
-    n = task.n_train
-    micro_per_epoch = max(1, n // cfg.batch_size) if task.drop_last else math.ceil(n / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     opt = make_optimizer(task.module, cfg)
     step, early = restore(run, task, opt, scaler, cfg) if resume else (0, EarlyStopping(cfg.patience))
 
