@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -155,13 +156,29 @@ def test_unloadable_base_leaves_no_run(tmp_path, synth_data, monkeypatch):
     assert not out.exists()
 
 
-def test_a_short_run_gets_a_warmup_that_fits_it_and_is_told(caplog):
-    from edgevqa.train.loop import fit_warmup, get_lr
+def test_a_short_run_gets_a_warmup_that_fits_it():
+    from edgevqa.train.loop import get_lr, warmup_for
 
-    cfg = TrainConfig(base="tiny-blip", data="d", out="o", lr=1e-3, warmup_steps=300, max_steps=40)
-    with caplog.at_level("WARNING", logger="edgevqa.train"):
-        fitted = fit_warmup(cfg, 40)
-    assert fitted.warmup_steps == 4 and "warm-up of 300 steps in a 40-step run" in caplog.text
-    assert get_lr(3, 40, fitted) == pytest.approx(1e-3)  # peak after the 4th step, not never
-    assert max(get_lr(s, 40, cfg) for s in range(40)) < 1.4e-4  # what the run got before
-    assert fit_warmup(cfg, 1200) is cfg  # a warm-up of a quarter of the run or less is left alone
+    cfg = TrainConfig(
+        base="tiny-blip", data="d", out="o", lr=1e-3, min_lr=0.0, warmup_steps=300, max_steps=40
+    )
+    assert warmup_for(cfg, 40) == 4
+    assert get_lr(3, 40, cfg) == pytest.approx(1e-3)  # the peak after the 4th step (before: never)
+    assert min(get_lr(s, 40, cfg) for s in range(3, 20)) > 5e-4  # the first half trains
+    assert warmup_for(cfg, 1200) == 300  # a quarter of the run or less is left as asked
+
+
+def test_resume_refuses_flags_that_differ_from_the_run(base_run, tmp_path):
+    """--resume continues with the run's own settings; a flag that differs is refused, not ignored."""
+    import shutil
+
+    from edgevqa.config import load
+    from edgevqa.train import loop
+
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    (run / "checkpoints" / "last").mkdir(parents=True, exist_ok=True)
+    (run / "checkpoints" / "last" / "state.json").write_text("{}")  # refused before it is read
+    saved = load(TrainConfig, run / "config.json")
+    with pytest.raises(InputError, match=r"these differ: --lr 0\.5 \(the run has 0\.001\)"):
+        loop.train(replace(saved, out=str(run), lr=0.5), resume=True, progress=False)

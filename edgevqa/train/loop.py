@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,33 +50,25 @@ log = logging.getLogger("edgevqa.train")
 def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at ``total``.
 
-    The warmup ramps lr*(step+1)/warmup_steps, or, with ``warmup_start_lr`` > 0, runs linearly from
-    warmup_start_lr at step 0 to lr at step warmup_steps (dapt: 5e-9 -> 4e-7).
+    The warmup (``warmup_for``) ramps lr*(step+1)/warmup, or, with ``warmup_start_lr`` > 0, runs
+    linearly from warmup_start_lr at step 0 to lr at step warmup (dapt: 5e-9 -> 4e-7).
     """
-    if step < cfg.warmup_steps:
+    warmup = warmup_for(cfg, total)
+    if step < warmup:
         if cfg.warmup_start_lr > 0:
-            return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / cfg.warmup_steps
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+            return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / warmup
+        return cfg.lr * (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def fit_warmup(cfg: TrainConfig, total: int) -> TrainConfig:
-    """A warm-up longer than a quarter of the run (a recipe's 300 steps in a 40-step run) would keep
-    the lr near zero for most of it: shorten it to a tenth of the run, and say so."""
-    if cfg.warmup_steps * 4 <= total:
-        return cfg
-    fitted = total // 10
-    log.warning(
-        "warm-up of %d steps in a %d-step run: the lr would stay below its peak for most of it; "
-        "using %d warm-up steps (a tenth of the run)",
-        cfg.warmup_steps,
-        total,
-        fitted,
-    )
-    return replace(cfg, warmup_steps=fitted)
+def warmup_for(cfg: TrainConfig, total: int) -> int:
+    """The warm-up a ``total``-step run gets: ``cfg.warmup_steps``, unless that is more than a
+    quarter of the run (a recipe's 300 steps in a 40-step run would keep the lr near zero for
+    all of it); then a tenth of the run. ``_train`` says so when it happens."""
+    return cfg.warmup_steps if cfg.warmup_steps * 4 <= total else total // 10
 
 
 @dataclass
@@ -213,8 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if resume:
         if not checkpoint.exists(run):
             raise InputError(f"--resume: no checkpoint in {run}/checkpoints/last; start without --resume")
-        cfg = config.load(TrainConfig, run / "config.json")
-        cfg = cfg if cfg.family else setup.with_family(cfg)  # runs before families: all BLIP
+        cfg = setup.resumed_config(cfg, run)
     elif run.exists() and any(run.iterdir()):
         raise InputError(f"{run} already exists; choose a new --out or pass --resume to continue it")
     else:
@@ -259,8 +250,15 @@ def _train(
     micro_per_epoch = max(1, n // cfg.batch_size) if task.drop_last else math.ceil(n / cfg.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    cfg = fit_warmup(cfg, total)
     config.save(cfg, run / "config.json")
+    if warmup_for(cfg, total) != cfg.warmup_steps:
+        log.warning(
+            "warm-up of %d steps in a %d-step run: the lr would stay below its peak for most of it; "
+            "using %d warm-up steps (a tenth of the run)",
+            cfg.warmup_steps,
+            total,
+            warmup_for(cfg, total),
+        )
     n_train, n_all = lora.count_parameters(task.module)
     log.info("recipe %s on %s (%s)", cfg.recipe, device.type, precision)
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{n_train:,}", f"{n_all:,}", 100 * n_train / n_all)

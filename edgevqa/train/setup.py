@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgevqa import config
 from edgevqa.config import CAPTION_RECIPES, TrainConfig
 from edgevqa.data.captions import load_captions
 from edgevqa.data.records import load_split
@@ -31,14 +32,39 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
     ``--init RUN`` becomes the base: the run's model/ is what this run starts from.
     """
+    if cfg.init and train_base.resolve_model_dir(str(Path(cfg.init).expanduser().resolve())) is None:
+        raise InputError(f"--init {cfg.init}: no such run (expected a RUN folder with model/)")
+    return with_family(resolved_paths(cfg))
+
+
+def resolved_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its data, init and (local) base as absolute paths, as RUN/config.json keeps them."""
     data = str(Path(cfg.data).expanduser().resolve())
     if cfg.init:
-        init = Path(cfg.init).expanduser().resolve()
-        if train_base.resolve_model_dir(str(init)) is None:
-            raise InputError(f"--init {cfg.init}: no such run (expected a RUN folder with model/)")
-        return with_family(replace(cfg, data=data, init=str(init), base=str(init)))
+        init = str(Path(cfg.init).expanduser().resolve())
+        return replace(cfg, data=data, init=init, base=init)
     base = Path(cfg.base).expanduser()
-    return with_family(replace(cfg, data=data, base=str(base.resolve()) if base.exists() else cfg.base))
+    return replace(cfg, data=data, base=str(base.resolve()) if base.exists() else cfg.base)
+
+
+def resumed_config(given: TrainConfig, run: Path) -> TrainConfig:
+    """The settings a resumed run continues with: its own (RUN/config.json). Flags given with
+    --resume that differ from them are refused, not ignored."""
+    saved = config.load(TrainConfig, run / "config.json")
+    saved = saved if saved.family else with_family(saved)  # runs before families: all BLIP
+    given = resolved_paths(given)
+    differ = [
+        f"--{f.name.replace('_', '-')} {getattr(given, f.name)!r} (the run has {getattr(saved, f.name)!r})"
+        for f in fields(TrainConfig)
+        if f.name not in ("family", "out") and getattr(given, f.name) != getattr(saved, f.name)
+    ]
+    if differ:
+        raise InputError(
+            f"--resume continues {run} with the settings it started with; these differ: "
+            + "; ".join(differ)
+            + " (drop them, or start a new run with another --out)"
+        )
+    return saved
 
 
 def with_family(cfg: TrainConfig) -> TrainConfig:
