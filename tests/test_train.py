@@ -182,3 +182,18 @@ def test_resume_refuses_flags_that_differ_from_the_run(base_run, tmp_path):
     saved = load(TrainConfig, run / "config.json")
     with pytest.raises(InputError, match=r"these differ: --lr 0\.5 \(the run has 0\.001\)"):
         loop.train(replace(saved, out=str(run), lr=0.5), resume=True, progress=False)
+
+
+def test_a_malformed_test_split_is_an_error_before_training_not_a_missing_report(synth_data, tmp_path):
+    import shutil
+
+    from edgevqa.train import train
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    with (data / "test.jsonl").open("a") as f:
+        f.write('{"question": "is there a lesion?"\n')  # cut short
+    cfg = TrainConfig(base="tiny-blip", data=str(data), out=str(tmp_path / "run"), max_steps=2, image_size=32)
+    with pytest.raises(InputError, match=r"test\.jsonl:\d+"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -65,3 +65,8 @@ def load_captions(root: str | Path, split: str) -> list[CaptionRecord]:
             raise InputError(f"{path}:{n}: empty caption")
         records.append(rec)
     return records
+
+
+def load_optional_captions(root: str | Path, split: str) -> list[CaptionRecord] | None:
+    """``load_captions``, or None when the folder has no such split; a malformed one is an error."""
+    return load_captions(root, split) if captions_path(root, split).is_file() else None

@@ -75,6 +75,12 @@ def load_split(root: str | Path, split: str) -> list[VQARecord]:
     return records
 
 
+def load_optional_split(root: str | Path, split: str) -> list[VQARecord] | None:
+    """``load_split``, or None when the folder has no such split. A split that is there but
+    malformed is an error, never taken for absent (its report would silently disappear)."""
+    return load_split(root, split) if (Path(root) / f"{split}.jsonl").is_file() else None
+
+
 T = TypeVar("T")
 
 

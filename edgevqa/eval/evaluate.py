@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgevqa import atomic
-from edgevqa.data.records import SPLITS, VQARecord, load_split
+from edgevqa.data.records import SPLITS, VQARecord, load_optional_split, load_split
 from edgevqa.errors import InputError
 from edgevqa.eval.captions import is_caption_task, markdown_captions, run_caption_eval
 from edgevqa.eval.metrics import majority_predictions, robustness, vqa_scores
@@ -222,10 +222,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if is_caption_task(cfg.model, kind, cfg.data, cfg.split):
         return run_caption_eval(cfg, kind)
     records = load_records(cfg.data, cfg.split, cfg.limit)
-    try:
-        train = load_split(cfg.data, "train") if cfg.split != "train" else None
-    except InputError:
-        train = None
+    train = load_optional_split(cfg.data, "train") if cfg.split != "train" else None
     log.info("eval: %d %s questions of %s with the %s %s", len(records), cfg.split, cfg.data, kind, cfg.model)
     answers = (answer_bundle if kind == "bundle" else answer_run)(cfg, records, progress)
     report: dict[str, Any] = {

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgevqa import atomic
 from edgevqa.config import TrainConfig
-from edgevqa.data.captions import CaptionRecord, load_captions
+from edgevqa.data.captions import CaptionRecord, load_optional_captions
 from edgevqa.errors import InputError
 from edgevqa.eval.metrics import normalize_answer
 from edgevqa.train import models
@@ -208,11 +208,8 @@ class CaptionTask:
 
     def report(self) -> dict[str, Any]:
         out = {"val": self.split_report(self.val)}
-        try:
-            test = load_captions(self.cfg.data, "test")
+        if (test := load_optional_captions(self.cfg.data, "test")) is not None:
             out["test"] = self.split_report(encode_captions(test, self.cfg.data, self.tok, self.max_len))
-        except InputError:
-            pass
         return out
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:

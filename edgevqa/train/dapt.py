@@ -36,7 +36,7 @@ from torch import nn
 
 from edgevqa import atomic
 from edgevqa.config import TrainConfig
-from edgevqa.data.captions import load_captions
+from edgevqa.data.captions import load_optional_captions
 from edgevqa.errors import InputError
 from edgevqa.train import distill, models
 from edgevqa.train.caption import (
@@ -249,14 +249,10 @@ class DAPTTask:
 
     def report(self) -> dict[str, Any]:
         out = {"val": {"n": len(self.val.records), **self.evaluate(self.val)}}
-        try:
-            test = encode_captions(
-                load_captions(self.cfg.data, "test"), self.cfg.data, self.tok, self.max_len
-            )
+        if (recs := load_optional_captions(self.cfg.data, "test")) is not None:
+            test = encode_captions(recs, self.cfg.data, self.tok, self.max_len)
             if len(test.records) >= 2:
                 out["test"] = {"n": len(test.records), **self.evaluate(test)}
-        except InputError:
-            pass
         if self.distiller is not None:
             out["distill"] = {"smoothed_ratios": self.distiller.state_dict()}
         return out

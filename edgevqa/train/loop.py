@@ -36,7 +36,7 @@ import numpy as np
 
 from edgevqa import atomic, config
 from edgevqa.config import TrainConfig
-from edgevqa.data.records import load_split
+from edgevqa.data.records import load_optional_split
 from edgevqa.errors import InputError
 from edgevqa.eval.metrics import majority_baseline, record_accuracy
 from edgevqa.families import registry
@@ -121,11 +121,8 @@ def final_report(
 ) -> dict[str, Any]:
     """Accuracy and majority baseline on val (already encoded) and, when there is one, test."""
     splits = {"val": val}
-    try:
-        test = load_split(cfg.data, "test")
+    if (test := load_optional_split(cfg.data, "test")) is not None:
         splits["test"] = registry.side(cfg.family, "train").encode(loaded, test, cfg.data, cfg)
-    except InputError:
-        pass
     tok = loaded.tokenizer
     return {
         split: {

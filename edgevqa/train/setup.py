@@ -19,8 +19,8 @@ from typing import Any
 
 from edgevqa import config
 from edgevqa.config import CAPTION_RECIPES, TrainConfig
-from edgevqa.data.captions import load_captions
-from edgevqa.data.records import load_split
+from edgevqa.data.captions import load_captions, load_optional_captions
+from edgevqa.data.records import load_optional_split, load_split
 from edgevqa.errors import InputError
 from edgevqa.families import registry
 from edgevqa.train import base as train_base
@@ -114,7 +114,9 @@ def words_of(texts: list[str]) -> set[str]:
 def load_data(cfg: TrainConfig) -> tuple[list, list]:
     """Train and val records: captions for dapt, dapt-sd and caption, VQA records otherwise."""
     if cfg.recipe in CAPTION_RECIPES:
+        load_optional_captions(cfg.data, "test")  # a malformed test split fails now, not after training
         return load_captions(cfg.data, "train"), load_captions(cfg.data, "val")
+    load_optional_split(cfg.data, "test")
     return load_split(cfg.data, "train"), load_split(cfg.data, "val")
 
 
