@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -39,8 +40,20 @@ from edgevqa.runtime.dicom import DicomOptions, is_dicom
 
 DEFAULT_MAX_PIXELS = 64_000_000
 HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-# What PIL raises while decoding a damaged file; OSError covers "image file is truncated".
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError)
+# What PIL raises while opening or decoding a damaged file (OSError covers "image file is
+# truncated" and I/O errors; struct.error, KeyError, ZeroDivisionError and MemoryError come from
+# malformed TIFF tags, palettes and sizes; found by the fuzz in tests/runtime/test_hostile_images.py).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    KeyError,
+    ZeroDivisionError,
+    MemoryError,
+)
 
 
 def load_image(
@@ -72,10 +85,12 @@ def load_image(
 
         return to_rgb(read_dicom(source, dicom, max_pixels=_effective_limit(max_pixels), name=label))
     # PIL's own bomb check warns at MAX_IMAGE_PIXELS and raises at twice that; we apply our limit
-    # instead (without touching PIL's global), so its warning is noise and its error is reworded.
+    # instead (without touching PIL's global), so its warning is noise and its error is reworded,
     limit = _effective_limit(max_pixels)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # and PIL's warnings about damaged metadata ("Corrupt EXIF data", skipped TIFF tags) are
+        # not the user's one line either: the image decodes, or the error says why not
+        warnings.simplefilter("ignore")
         try:
             img = Image.open(fp)
         except Image.DecompressionBombError as e:
@@ -86,6 +101,8 @@ def load_image(
             raise InputError(f"image not found: {label}") from None
         except PermissionError:
             raise InputError(f"cannot read {label}: permission denied") from None
+        except _DECODE_ERRORS as e:  # oversized text or ICC chunks, I/O errors, broken headers
+            raise InputError(f"{label} is not a readable image ({_reason(e)})") from None
         with img:
             return _decode(img, label, limit)
 
@@ -114,6 +131,8 @@ def is_dicom_source(source: str | Path | bytes, name: str | None = None) -> bool
     if isinstance(source, bytes):
         return is_dicom(source[:132], name or "")
     try:
+        if not Path(source).is_file():  # a FIFO or device would block the read below
+            return False  # load_image reports what it is
         with open(source, "rb") as f:
             head = f.read(132)
     except OSError:
@@ -126,7 +145,15 @@ def _check_path(path: Path) -> Path:
         raise InputError(f"{path} is a directory, not an image file")
     if not path.exists():
         raise InputError(f"image not found: {path}")
+    if not path.is_file():  # reading a FIFO blocks until a writer comes; a device may never end
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device), not an image file")
     return path
+
+
+def _reason(e: Exception) -> str:
+    """An exception's message for one line: its first 200 characters, or its type."""
+    text = " ".join(str(e).split())
+    return text[:200] or type(e).__name__
 
 
 def _decode(img: Image.Image, name: str, limit: int) -> Image.Image:
@@ -142,7 +169,7 @@ def _decode(img: Image.Image, name: str, limit: int) -> Image.Image:
     except Image.DecompressionBombError as e:  # a GIF/TIFF frame bigger than the header said
         raise InputError(_too_large(name, _pixels_in(e), None, limit)) from None
     except _DECODE_ERRORS as e:
-        raise InputError(f"{name} is truncated or corrupt ({e})") from None
+        raise InputError(f"{name} is truncated or corrupt ({_reason(e)})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

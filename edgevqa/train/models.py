@@ -15,7 +15,7 @@ from typing import Any
 
 from edgevqa.bundle import ImageSpec
 from edgevqa.errors import InputError
-from edgevqa.train.base import Loaded, resolve_model_dir  # noqa: F401 (re-exported)
+from edgevqa.train.base import PIL_CODE, Loaded, image_spec_of, resolve_model_dir  # noqa: F401 (re-exported)
 from edgevqa.train.tokenizer import as_saved
 
 FAMILY = "blip-vqa"
@@ -23,7 +23,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PRESETS = ("tiny-blip",)
 ARCHS = ("tiny-blip", "blip-vqa-base")
-_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 def blip_config(
@@ -119,7 +118,7 @@ def load_pretrained(base: str) -> Loaded:
     Raises:
         InputError: the folder or id cannot be loaded (no network, wrong model type, ...).
     """
-    from transformers import AutoTokenizer, BlipForQuestionAnswering
+    from transformers import AutoTokenizer, BlipForQuestionAnswering, BlipImageProcessorPil
 
     local = resolve_model_dir(base)
     src = str(local) if local else base
@@ -130,25 +129,14 @@ def load_pretrained(base: str) -> Loaded:
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load BLIP VQA model {base!r}: {first}") from None
-    return Loaded(model.eval(), tokenizer, read_image_spec(src), src)
-
-
-def read_image_spec(src: str) -> ImageSpec:
-    """Image settings from the model's preprocessor_config.json (HF BLIP image processor)."""
-    from transformers import BlipImageProcessorPil
-
-    proc = BlipImageProcessorPil.from_pretrained(src)
-    size = proc.size
-    resample = proc.resample if isinstance(proc.resample, int) else int(getattr(proc.resample, "value", 3))
-    return ImageSpec(
-        height=int(size["height"]),
-        width=int(size["width"]),
-        mean=tuple(proc.image_mean),
-        std=tuple(proc.image_std),
-        resample=_PIL_RESAMPLE.get(resample, "bicubic"),
-        rescale_factor=float(proc.rescale_factor),
-        do_convert_rgb=bool(proc.do_convert_rgb),
-    )
+    if local and not (local / "preprocessor_config.json").is_file():
+        raise InputError(f"{base}: no preprocessor_config.json beside the model (its image settings)")
+    try:
+        ip = BlipImageProcessorPil.from_pretrained(src)
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"cannot read the image processor of {base!r}: {str(e).strip()[:200]}") from None
+    spec = image_spec_of(ip, int(model.config.vision_config.image_size), base)
+    return Loaded(model.eval(), tokenizer, spec, src)
 
 
 def save_model_dir(loaded: Loaded, out: Path) -> None:
@@ -156,7 +144,6 @@ def save_model_dir(loaded: Loaded, out: Path) -> None:
     loaded.model.save_pretrained(out, safe_serialization=True)
     as_saved(loaded.tokenizer).save_pretrained(out)
     spec = loaded.image
-    inv = {v: k for k, v in _PIL_RESAMPLE.items()}
     (out / "preprocessor_config.json").write_text(
         json.dumps(
             {
@@ -164,7 +151,7 @@ def save_model_dir(loaded: Loaded, out: Path) -> None:
                 "processor_class": "BlipProcessor",
                 "do_resize": True,
                 "size": {"height": spec.height, "width": spec.width},
-                "resample": inv[spec.resample],
+                "resample": PIL_CODE[spec.resample],
                 "do_rescale": True,
                 "rescale_factor": spec.rescale_factor,
                 "do_normalize": True,

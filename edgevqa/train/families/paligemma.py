@@ -28,7 +28,7 @@ from edgevqa.demo import Stage
 from edgevqa.errors import InputError
 from edgevqa.families import registry
 from edgevqa.train import infer, lora
-from edgevqa.train.base import Generated, Loaded, resolve_model_dir
+from edgevqa.train.base import PIL_CODE, Generated, Loaded, image_spec_of, resolve_model_dir
 from edgevqa.train.data import ImageCache, pad
 from edgevqa.train.tokenizer import as_saved
 
@@ -48,7 +48,6 @@ SETTINGS = "edgevqa.json"  # beside the model: the prompt template it was traine
 SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<image>")
 # PaliGemmaProcessor adds these when it is built; in the vocabulary already, they add nothing
 EXTRA = tuple(f"<loc{i:04d}>" for i in range(1024)) + tuple(f"<seg{i:03d}>" for i in range(128))
-_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 # attention projections of the vision tower (SigLIP: out_proj) and of the LM (Gemma: o_proj)
 _VISION_ATTN = r".*vision_tower\..*self_attn\.(q_proj|k_proj|v_proj|out_proj)"
 _LM_ATTN = r".*language_model\..*self_attn\.(q_proj|k_proj|v_proj|o_proj)"
@@ -227,24 +226,8 @@ def load_pretrained(base: str) -> Loaded:
     settings = Path(src) / SETTINGS
     prompt = json.loads(settings.read_text("utf-8")).get("prompt") if settings.is_file() else None
     extra = {"prompt": prompt or DEFAULT_PROMPT}
-    return Loaded(model.eval(), proc.tokenizer, read_image_spec(proc.image_processor), src, FAMILY, extra)
-
-
-def read_image_spec(ip: Any) -> ImageSpec:
-    """The SigLIP image processor's settings as edgevqa's runtime preprocessing takes them."""
-    size = ip.size
-    resample = ip.resample if isinstance(ip.resample, int) else int(getattr(ip.resample, "value", 3))
-    if resample not in _RESAMPLE:
-        raise InputError(f"the image processor's resample code {resample} is not a PIL filter edgevqa knows")
-    return ImageSpec(
-        height=int(size["height"]),
-        width=int(size["width"]),
-        mean=tuple(float(x) for x in ip.image_mean),
-        std=tuple(float(x) for x in ip.image_std),
-        resample=_RESAMPLE[resample],
-        rescale_factor=float(ip.rescale_factor),
-        do_convert_rgb=bool(ip.do_convert_rgb),
-    )
+    spec = image_spec_of(proc.image_processor, int(model.config.vision_config.image_size), base)
+    return Loaded(model.eval(), proc.tokenizer, spec, src, FAMILY, extra)
 
 
 def processor(loaded: Loaded) -> Any:
@@ -252,10 +235,9 @@ def processor(loaded: Loaded) -> Any:
     from transformers import PaliGemmaProcessor, SiglipImageProcessorPil
 
     spec = loaded.image
-    inv = {v: k for k, v in _RESAMPLE.items()}
     ip = SiglipImageProcessorPil(
         size={"height": spec.height, "width": spec.width},
-        resample=inv[spec.resample],
+        resample=PIL_CODE[spec.resample],
         rescale_factor=spec.rescale_factor,
         image_mean=list(spec.mean),
         image_std=list(spec.std),
