@@ -122,6 +122,8 @@ def load_pretrained(base: str) -> Loaded:
 
     local = resolve_model_dir(base)
     src = str(local) if local else base
+    if local and not (local / "preprocessor_config.json").is_file():
+        raise InputError(f"{base}: no preprocessor_config.json beside the model (its image settings)")
     try:
         # safetensors only: never unpickle a downloaded or user-supplied .bin
         model = BlipForQuestionAnswering.from_pretrained(src, use_safetensors=True)
@@ -129,8 +131,6 @@ def load_pretrained(base: str) -> Loaded:
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load BLIP VQA model {base!r}: {first}") from None
-    if local and not (local / "preprocessor_config.json").is_file():
-        raise InputError(f"{base}: no preprocessor_config.json beside the model (its image settings)")
     try:
         ip = BlipImageProcessorPil.from_pretrained(src)
     except (OSError, ValueError, TypeError) as e:
