@@ -44,6 +44,7 @@ from PIL import Image
 
 from edgevqa.errors import EdgeVQAError, InputError
 from edgevqa.runtime.images import load_image
+from edgevqa.runtime.tokenizer import is_text
 
 log = logging.getLogger("edgevqa.batch")
 
@@ -120,6 +121,8 @@ def parse_line(text: str, n: int) -> Question:
         return Question(n, None, "", "", f"line {n}: id must be a string or an integer")
     image, question = row.get("image"), row.get("question")
     error = None
+    if not all(is_text(v) for v in (id_, image, question) if isinstance(v, str)):
+        return Question(n, None, "", "", f"line {n}: not valid text (an unpaired UTF-16 surrogate)")
     if not isinstance(image, str) or not image.strip():
         error = f'line {n}: no image path ("image": "path/to/image.png")'
     elif not isinstance(question, str) or not question.strip():

@@ -26,7 +26,7 @@ from edgevqa.runtime.decoding import DecodingOptions, SamplingOptions, greedy, s
 from edgevqa.runtime.images import load_image, read_source
 from edgevqa.runtime.preprocess import preprocess
 from edgevqa.runtime.session import make_session
-from edgevqa.runtime.tokenizer import QuestionTokenizer
+from edgevqa.runtime.tokenizer import QuestionTokenizer, is_text
 
 MAX_QUESTION_CHARS = 2000
 MAX_HASHED_FILE_BYTES = 64 * 1024 * 1024  # larger files are decoded from disk, not held to be hashed
@@ -187,6 +187,8 @@ class VQAPipeline:
         Raises:
             InputError: empty, too long, or not text the tokenizer can read.
         """
+        if not is_text(question):
+            raise InputError("the question is not valid text (it holds an unpaired UTF-16 surrogate)")
         if len(question) > MAX_QUESTION_CHARS:
             raise InputError(
                 f"the question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}"

@@ -133,3 +133,13 @@ class QuestionTokenizer:
     def vocab_size(self) -> int:
         """Number of ids, added tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+
+def is_text(value: str) -> bool:
+    """True when ``value`` is text UTF-8 can encode: JSON's ``"\\ud800"`` decodes to a lone surrogate,
+    which the tokenizer, a file write and a JSON response all refuse."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -192,3 +192,26 @@ def test_killed_batch_loses_nothing_and_resume_completes(tmp_path, bundle, pipe)
     assert summary["skipped"] == n_before and summary["answered"] == 120 - n_before
     for r in recs[n_before - 2 : n_before + 2]:  # around the kill: the same answers as the pipeline's
         assert r["answer"] == pipe.ask(str(tmp_path / r["image"]), r["question"]).text
+
+
+def test_a_line_that_is_not_valid_text_is_an_error_record_and_the_rest_are_answered(tmp_path, pipe):
+    """JSON's "\\ud800" decodes to a lone surrogate: the tokenizer and a UTF-8 write both refuse it."""
+    names = images(tmp_path / "img", 1)
+    q = tmp_path / "q.jsonl"
+    q.write_text(
+        json.dumps({"image": names[0], "question": "is there a lesion?\ud800", "id": "bad"})
+        + "\n"
+        + json.dumps({"image": names[0] + "\udc80", "question": "is there a lesion?"})
+        + "\n"
+        + json.dumps({"image": names[0], "question": "what modality is this?", "id": "good"})
+        + "\n"
+    )
+    out = tmp_path / "answers.jsonl"
+    for _ in range(2):  # and a re-run does not crash at the same line either
+        summary = run_batch(q, out, pipe.ask, progress=False)
+        assert summary.errors == 2
+    recs = read_records(out)
+    assert [r.get("error", "").split(":")[0] for r in recs[:3]] == ["line 1", "line 2", ""]
+    assert "not valid text" in recs[0]["error"] and recs[2]["answer"]
+    with pytest.raises(InputError, match="not valid text"):
+        pipe.ask(str(tmp_path / names[0]), "lesion?\ud800")
