@@ -10,6 +10,11 @@ Each entry is keyed by the sha256 of the bundle's graph (already verified agains
 the onnxruntime version, the providers and the CPU, and written to a temporary folder that is
 renamed into place, so a crash never leaves half an entry. An entry that does not load is removed
 and rebuilt.
+
+Cached graphs are loaded without hashing them again, so whoever can write the cache could swap
+a graph past the bundle's sha256. The cache is therefore used only when its folder, the entry and
+the entry's files belong to this user, are not symlinks and cannot be written by group or others
+(``trusted``); otherwise the graph is loaded from the bundle and a warning names the folder.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -51,9 +57,44 @@ def entry_key(graph_sha256: str, providers: tuple[str, ...]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def trusted(path: Path) -> bool:
+    """``path`` is this user's own, not a symlink, and not writable by group or others (POSIX;
+    where there are no owners, as on Windows, only the symlink check applies)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    others_can_write = hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022)
+    return not stat.S_ISLNK(st.st_mode) and not others_can_write
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_untrusted(where: str) -> None:
+    log.warning(
+        "optimized-graph cache %s is writable by others or not yours: not used (graphs load from the "
+        "bundle); make it yours with mode 700, or set EDGEVQA_CACHE_DIR",
+        where,
+    )
+
+
+def usable_root(root: Path) -> bool:
+    """The cache folder may be used: it does not exist yet (it is made 700), or it is trusted."""
+    if not os.path.lexists(root) or trusted(root):
+        return True
+    _warn_untrusted(str(root))
+    return False
+
+
 def cached_graph(root: Path, key: str) -> Path | None:
-    path = root / key / GRAPH
-    return path if path.is_file() else None
+    """The entry's graph when it exists and it, its folder and its weights file are trusted."""
+    entry = root / key
+    path = entry / GRAPH
+    if not path.is_file():
+        return None
+    if not all(trusted(p) for p in (entry, *entry.iterdir())):
+        _warn_untrusted(str(entry))
+        return None
+    return path
 
 
 def build_entry(root: Path, key: str, optimize) -> Path:

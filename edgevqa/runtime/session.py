@@ -73,6 +73,8 @@ def make_session(
 
     full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     root = optcache.cache_root() if graph_sha256 else None
+    if root is not None and not optcache.usable_root(root):
+        root = None
     if root is None:
         return ort.InferenceSession(
             str(path), sess_options=session_options(threads, full), providers=list(providers)

@@ -44,3 +44,28 @@ def test_cache_can_be_switched_off_and_is_never_used_unverified(bundle, synth_da
     monkeypatch.setenv("EDGEVQA_CACHE_DIR", str(tmp_path / "ort"))
     VQAPipeline.from_bundle(bundle, precision="int8", verify=False)
     assert not (tmp_path / "ort").exists()
+
+
+def test_a_cache_others_can_write_is_not_trusted(bundle, synth_data, tmp_path, monkeypatch, caplog):
+    """Cached graphs load without re-hashing: a swapped one in a folder others can write must not
+    be run. Here every entry's graph is replaced by another graph of the bundle."""
+    import shutil
+
+    cache = tmp_path / "ort"
+    monkeypatch.setenv("EDGEVQA_CACHE_DIR", str(cache))
+    _, first = _answer(bundle, synth_data)
+    entries = [e for e in cache.iterdir() if not e.name.startswith(".")]
+    for e in entries[1:]:  # what anyone with write access could do
+        for f in entries[0].iterdir():
+            shutil.copy(f, e / f.name)
+    cache.chmod(0o777)
+    with caplog.at_level("WARNING", logger="edgevqa.runtime"):
+        pipe, again = _answer(bundle, synth_data)
+    assert again == first and "writable by others" in caplog.text
+    assert not any(str(s._model_path).startswith(str(cache)) for s in pipe.sessions.values())
+    shutil.rmtree(cache)
+    _answer(bundle, synth_data)  # a fresh cache, the user's own
+    (entries[1] / "model.onnx").chmod(0o666)  # one entry's file: that entry alone is passed over
+    pipe, _ = _answer(bundle, synth_data)
+    from_cache = [str(s._model_path).startswith(str(cache)) for s in pipe.sessions.values()]
+    assert from_cache.count(False) == 1
