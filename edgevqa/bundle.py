@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgevqa.errors import BundleError
@@ -105,7 +107,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def graph_path(self, bundle: str | Path, precision: str, graph: str) -> Path:
-        return Path(bundle) / self.precisions[precision][graph]
+        return inside(Path(bundle), self.precisions[precision][graph])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,8 +136,157 @@ class Manifest:
                 family_config=d.get("family_config", {}),
                 schema_version=d["schema_version"],
             )
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise BundleError(f"manifest.json is malformed ({type(e).__name__}: {e})") from None
+
+
+RESAMPLE_NAMES = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")  # PIL filters
+
+
+def relative(rel: Any) -> bool:
+    """``rel`` names a file in the bundle: a relative POSIX path, never absolute, never through
+    ``..``, no drive letters or backslashes."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    path = PurePosixPath(rel)
+    return not path.is_absolute() and not any(
+        p in ("..", ".") or "\\" in p or ":" in p or "\0" in p for p in path.parts
+    )
+
+
+def inside(bundle: Path, rel: str) -> Path:
+    """``bundle / rel``, refused unless it stays in the bundle (``relative``, and no symlink on
+    the way that leads out)."""
+    if not relative(rel):
+        raise BundleError(f"manifest.json names a file outside the bundle: {str(rel)[:120]!r}")
+    path = bundle / rel
+    if os.path.lexists(path) and not path.resolve().is_relative_to(bundle.resolve()):
+        raise BundleError(f"bundle file {rel} is a link that leads outside the bundle")
+    return path
+
+
+def check(m: Manifest) -> None:
+    """Types and ranges of what the runtime will use, so an edited manifest is one BundleError
+    line here and not a crash deep in numpy or onnxruntime.
+
+    Raises:
+        BundleError: the first value that is wrong, named by its place in manifest.json.
+    """
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise BundleError(f"manifest.json: {what}")
+
+    def count(v: Any, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    need(isinstance(m.family, str), f"family must be a name, got {m.family!r}")
+    im, t, d = m.image, m.text, m.decoder
+    need(
+        count(im.height, 1, 8192) and count(im.width, 1, 8192),
+        f"image size {im.height!r}x{im.width!r} is not 1..8192 px",
+    )
+    need(
+        len(im.mean) == 3
+        and len(im.std) == 3
+        and all(number(x) for x in (*im.mean, *im.std))
+        and min(im.std) > 0,
+        "image.mean and image.std must be 3 finite numbers each (std > 0)",
+    )
+    need(
+        im.resample in RESAMPLE_NAMES,
+        f"image.resample {im.resample!r} is not one of {', '.join(RESAMPLE_NAMES)}",
+    )
+    need(
+        number(im.rescale_factor) and 0 < im.rescale_factor <= 1,
+        f"image.rescale_factor {im.rescale_factor!r} is not in (0, 1]",
+    )
+    for name in ("num_layers", "num_heads", "head_dim"):
+        need(count(getattr(d, name), 1, 65536), f"decoder.{name} {getattr(d, name)!r} is not a positive size")
+    need(count(d.vocab_size, 1, 1 << 24), f"decoder.vocab_size {d.vocab_size!r} is not a positive size")
+    for name, v in [
+        ("bos_id", t.bos_id),
+        ("sep_id", t.sep_id),
+        ("pad_id", t.pad_id),
+        *(("eos_ids", e) for e in t.eos_ids),
+    ]:
+        need(
+            count(v, 0, d.vocab_size - 1),
+            f"text.{name} {v!r} is not a token id of the {d.vocab_size}-token vocabulary",
+        )
+    need(
+        count(t.max_question_tokens, 1, 1 << 16),
+        f"text.max_question_tokens {t.max_question_tokens!r} is not 1..65536",
+    )
+    need(
+        count(t.max_answer_tokens, 1, 4096), f"text.max_answer_tokens {t.max_answer_tokens!r} is not 1..4096"
+    )
+    need(
+        isinstance(t.clean_up_tokenization_spaces, bool),
+        "text.clean_up_tokenization_spaces must be true or false",
+    )
+    names = lambda xs: all(isinstance(x, str) for x in xs)  # noqa: E731
+    need(
+        all(isinstance(k, str) and names(v.inputs) and names(v.outputs) for k, v in m.graphs.items()),
+        "graphs must map names to lists of input and output names",
+    )
+    need(
+        isinstance(m.precisions, dict) and m.precisions,
+        "precisions must map each precision to its graph files",
+    )
+    for p, graphs in m.precisions.items():
+        need(
+            isinstance(graphs, dict) and all(g in m.graphs for g in graphs),
+            f"precisions.{p} must map graphs of `graphs` to files",
+        )
+        for f in graphs.values():
+            need(relative(f), f"precisions.{p} names a file outside the bundle: {str(f)[:120]!r}")
+    need(
+        m.default_precision in m.precisions,
+        f"default_precision {m.default_precision!r} is not one of {sorted(m.precisions)}",
+    )
+    need(isinstance(m.files, dict), "files must map paths to their sha256 and bytes")
+    for rel, info in m.files.items():
+        need(relative(rel), f"files names a file outside the bundle: {str(rel)[:120]!r}")
+        ok = isinstance(info, dict) and isinstance(info.get("sha256"), str) and len(info["sha256"]) == 64
+        need(
+            ok and count(info.get("bytes"), 0, 1 << 50),
+            f"files.{str(rel)[:80]} needs a sha256 (64 hex digits) and bytes",
+        )
+    need(
+        isinstance(m.family_config, dict) and isinstance(m.trt, dict), "family_config and trt must be objects"
+    )
+
+
+def check_graph(m: Manifest, name: str, graph: Any) -> None:
+    """A loaded graph has the inputs and outputs the manifest names, with the sizes it states
+    (a manifest edited to other sizes would otherwise fail inside onnxruntime, or worse, not)."""
+    io = m.graphs[name]
+    for kind, expected, got in (
+        ("inputs", io.inputs, graph.get_inputs()),
+        ("outputs", io.outputs, graph.get_outputs()),
+    ):
+        if set(expected) != {x.name for x in got}:
+            raise BundleError(
+                f"{name} graph {kind} {tuple(x.name for x in got)} do not match manifest {tuple(expected)}"
+            )
+    d, im = m.decoder, m.image
+    wanted = {
+        "pixel_values": {1: 3, 2: im.height, 3: im.width},
+        "past_key": {0: d.num_layers, 2: d.num_heads, 4: d.head_dim},
+        "past_value": {0: d.num_layers, 2: d.num_heads, 4: d.head_dim},
+        "logits": {-1: d.vocab_size},
+    }
+    for x in (*graph.get_inputs(), *graph.get_outputs()):
+        shape = getattr(x, "shape", None) or []
+        for axis, size in wanted.get(x.name, {}).items():
+            if -len(shape) <= axis < len(shape) and isinstance(shape[axis], int) and shape[axis] != size:
+                raise BundleError(
+                    f"{name} graph's {x.name} has size {shape[axis]} on axis {axis}, the manifest says {size}"
+                )
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -181,6 +332,8 @@ def load_manifest(bundle: str | Path, precision: str | None = None, verify: bool
         raw = json.loads(path.read_text("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BundleError(f"{path} is nested too deeply to be a manifest") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{path} is not an edgevqa manifest")
     if raw.get("schema_version") not in READABLE_SCHEMAS:
@@ -189,6 +342,7 @@ def load_manifest(bundle: str | Path, precision: str | None = None, verify: bool
             f"(reads {', '.join(map(str, READABLE_SCHEMAS))}); re-export it with this version"
         )
     m = Manifest.from_dict(raw)
+    check(m)
     if precision is not None and precision not in m.precisions:
         raise BundleError(f"precision {precision!r} is not in this bundle; it has {sorted(m.precisions)}")
     if verify:
@@ -210,7 +364,7 @@ def verify_files(bundle: Path, m: Manifest, precision: str | None = None) -> Non
     if missing := sorted(needed - set(m.files)):
         raise BundleError(f"manifest lists no checksum for {missing}; the bundle is incomplete")
     for rel in sorted(wanted):
-        f = bundle / rel
+        f = inside(bundle, rel)
         if not f.is_file():
             raise BundleError(f"bundle file missing: {f}")
         info = m.files[rel]

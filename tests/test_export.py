@@ -136,12 +136,17 @@ def test_fallback_keeps_the_broken_layer_in_fp32(lora_run, tmp_path, monkeypatch
     assert fid["passed"] and load_manifest(out, precision="int8")
 
 
-def test_exported_graphs_carry_no_local_paths(bundle):
+def test_exported_graphs_carry_no_local_paths(bundle, lora_run):
     import onnx
 
     for f in (bundle / "fp32").glob("*.onnx"):
         m = onnx.load(str(f), load_external_data=False)
         assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in m.graph.node for p in n.metadata_props)
+    # nor the manifest and reports: the run is named relative to the bundle, which bench follows
+    root = str(bundle.parent.parent.parent)
+    for f in bundle.glob("*.json"):
+        assert root not in f.read_text(), f
+    assert (bundle / load_manifest(bundle).source["run"]).resolve() == lora_run.resolve()
 
 
 def test_every_precision_loads_runs_and_agrees(lora_run, tmp_path, synth_data):

@@ -155,7 +155,8 @@ def bench_bundle(
 ) -> dict[str, Any]:
     """Answer the test split of ``data`` with PyTorch and every precision in ``bundle``."""
     m = load_manifest(bundle)
-    run = Path(run or m.source.get("run", ""))
+    # the manifest names the run relative to the bundle (export/exporter.py: portable)
+    run = Path(run) if run else Path(bundle) / m.source.get("run", "")
     if not (run / "config.json").is_file():
         raise InputError(
             f"bench needs the training run for the PyTorch side: {run} not found (pass --run RUN)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -65,7 +66,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         InputError: no run, no validation data, output exists.
         ValidationError: graphs or answers do not match PyTorch (exit code 3); no bundle is written.
     """
-    run, out = Path(cfg.run), Path(cfg.out)
+    out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
     built_for = tensorrt.device_info() if cfg.trt else None  # no GPU or TensorRT: fail before any work
@@ -101,7 +102,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
             [*precisions, *([] if "fp32" in precisions else ["fp32"])],  # fp32 exists until sealed
             tcfg.max_question_tokens,
             tcfg.max_answer_tokens,
-            {"run": str(run.resolve()) if run.exists() else cfg.run, "base": tcfg.base, "lora": merged.lora},
+            {"run": portable(cfg.run, out), "base": portable(tcfg.base, out), "lora": merged.lora},
             tensorrt=cfg.trt,
         )
         bundle.write_manifest(tmp, manifest)
@@ -225,6 +226,19 @@ def quantize_graphs(spec: FamilySpec, root: Path, precisions: list[str], tensorr
         with step(p):
             for g in spec.exported(tensorrt):
                 QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
+
+
+def portable(where: str, bundle_dir: Path) -> str:
+    """How the manifest names a run or base: a local folder relative to the bundle (so `bench`
+    finds it beside the bundle, and no absolute path of the exporting machine ships), a hub id
+    as it is."""
+    path = Path(where).expanduser()
+    if not path.exists():
+        return where
+    try:
+        return Path(os.path.relpath(path.resolve(), Path(bundle_dir).resolve())).as_posix()
+    except ValueError:  # another drive (Windows): the folder's name is all that travels
+        return path.resolve().name
 
 
 def make_manifest(

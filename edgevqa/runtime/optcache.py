@@ -114,5 +114,17 @@ def build_entry(root: Path, key: str, optimize) -> Path:
     return root / key / GRAPH
 
 
+def engine_cache_dir(graph_sha256: str | None) -> Path | None:
+    """Where onnxruntime's TensorRT provider keeps the engines it builds for one verified graph:
+    beside the optimized graphs, never inside the bundle (a bundle is sealed: its manifest lists
+    every file). None without a verified graph, with the cache off, or in an untrusted folder."""
+    root = cache_root()
+    if graph_sha256 is None or root is None or not usable_root(root):
+        return None
+    where = root / "tensorrt-ep" / graph_sha256[:32]
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return where if trusted(where) else None
+
+
 def drop_entry(root: Path, key: str) -> None:
     shutil.rmtree(root / key, ignore_errors=True)

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from edgevqa.bundle import TOKENIZER, Manifest, load_manifest, verify_files
+from edgevqa.bundle import TOKENIZER, Manifest, check_graph, load_manifest, verify_files
 from edgevqa.errors import BundleError, InputError
 from edgevqa.families import registry
-from edgevqa.runtime import backends
+from edgevqa.runtime import backends, optcache
 from edgevqa.runtime.decoding import DecodingOptions, SamplingOptions, greedy, sample
 from edgevqa.runtime.images import load_image, read_source
 from edgevqa.runtime.preprocess import preprocess
@@ -383,9 +383,8 @@ def _load_graph(
         else:
             # only a verified graph goes through the optimized-graph cache (CPU only)
             sha = m.files.get(m.precisions[precision][name], {}).get("sha256") if verify else None
-            provs = backends.providers(
-                backend, cache_dir=path.parent / ".trt-cache", fp16=precision == "fp16"
-            )
+            engines = optcache.engine_cache_dir(sha) if backend == "tensorrt" else None
+            provs = backends.providers(backend, cache_dir=engines, fp16=precision == "fp16")
             graph = make_session(
                 path, threads, providers=provs, graph_sha256=sha if backend == "cpu" else None
             )
@@ -393,10 +392,7 @@ def _load_graph(
         raise
     except Exception as e:  # onnxruntime and tensorrt raise their own types for unreadable graphs
         raise BundleError(f"cannot load {name} ({precision}): {str(e).splitlines()[0]}") from None
-    expected = m.graphs[name]
-    got = tuple(i.name for i in graph.get_inputs())
-    if set(got) != set(expected.inputs):
-        raise BundleError(f"{name} graph inputs {got} do not match the manifest {expected.inputs}")
+    check_graph(m, name, graph)
     return graph
 
 

@@ -47,6 +47,9 @@ class TrtGraph:
         """Input descriptions with a ``name``, as onnxruntime's sessions give them."""
         return [type("Input", (), {"name": n})() for n in self.inputs]
 
+    def get_outputs(self) -> list[Any]:
+        return [type("Output", (), {"name": n})() for n in self.outputs]
+
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
