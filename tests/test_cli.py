@@ -143,3 +143,28 @@ def test_several_questions_and_rank_mode(tmp_path, bundle, good_image):
     assert_user_error(
         ask(tmp_path, str(good_image), "ok?", "-q", " ", "--model", str(bundle)), "question is empty"
     )
+
+
+def test_what_the_machine_refuses_is_one_line(tmp_path, monkeypatch, capsys):
+    """A full disk (or a read-only folder) is the user's to fix: one line and exit 2, not a traceback."""
+    import errno
+
+    from edgevqa.cli import main
+    from edgevqa.data import synth
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "data" / "x.png"))
+
+    monkeypatch.setattr(synth, "generate", full)
+    with pytest.raises(SystemExit) as e:
+        main(["data", "synth", "--out", str(tmp_path / "data")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: No space left on device: {tmp_path / 'data' / 'x.png'}"
+
+
+def test_an_export_step_keeps_the_type_of_what_failed_in_it():
+    from edgevqa.errors import BundleError
+    from edgevqa.export.exporter import step
+
+    with pytest.raises(BundleError, match="^broken$"), step("quantize"):
+        raise BundleError("broken")

@@ -8,6 +8,7 @@ one; importing them registers them on the app.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -15,6 +16,8 @@ import typer
 
 from edgevqa.cli.base import app, setup_logging
 from edgevqa.errors import EdgeVQAError
+
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 # importing a command module registers its commands; `edgevqa --help` lists them in this order
 for _group in ("train", "export", "ask", "serve", "bench", "evaluate", "demo", "data"):
@@ -37,6 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:
+        # what the machine refuses (full disk, read-only or forbidden folder) is the user's to fix
+        if debug or e.errno not in USER_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        typer.echo(f"error: {e.strerror or e}{where}", err=True)
+        sys.exit(2)
+    except MemoryError:
+        if debug:
+            raise
+        typer.echo("error: out of memory (try a smaller model, batch or --limit)", err=True)
+        sys.exit(2)
     except Exception as e:
         # typer vendors click (typer._click): recognise its usage errors by shape, not by import
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):

@@ -43,14 +43,14 @@ log = logging.getLogger("edgevqa.export")
 
 @contextlib.contextmanager
 def step(name: str) -> Iterator[None]:
-    """Log each export step with its time; re-raise failures with the step's name."""
+    """Log each export step with its time, and the step a failure came from; the failure itself
+    goes on with its own type (a BundleError stays one line, a full disk stays an OSError)."""
     t0 = time.perf_counter()
     try:
         yield
-    except (InputError, ValidationError):
+    except BaseException:
+        log.error("export step %r failed after %.1fs", name, time.perf_counter() - t0)
         raise
-    except Exception as e:
-        raise RuntimeError(f"export step '{name}' failed: {e}") from e
     log.info("%-9s ok  %.1fs", name, time.perf_counter() - t0)
 
 
