@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
+import socket
+from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlparse
 
 from edgevqa.errors import MissingDependencyError
 
@@ -44,3 +49,24 @@ def hub_offline_hint(offline: bool) -> str:
         f" ({where}; pass a local folder saved with save_pretrained instead: "
         "`huggingface-cli download ID --local-dir DIR` on a machine with network, then --base DIR)"
     )
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connect within ``timeout_s`` (never with
+    HF_HUB_OFFLINE=1). Asked once per process: without it, an offline workstation waits ~30 s
+    of the hub client's retries for every id before the error."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_kwargs(source: str) -> dict[str, bool]:
+    """``from_pretrained`` arguments for ``source``: a hub id is read from the local cache alone
+    when the hub cannot be reached (a local folder needs nothing)."""
+    return {} if Path(source).expanduser().exists() or hub_reachable() else {"local_files_only": True}

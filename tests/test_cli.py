@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -168,3 +169,18 @@ def test_an_export_step_keeps_the_type_of_what_failed_in_it():
 
     with pytest.raises(BundleError, match="^broken$"), step("quantize"):
         raise BundleError("broken")
+
+
+def test_a_hub_id_without_a_reachable_hub_fails_at_once_naming_the_local_folder_way(tmp_path, synth_data):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    p = subprocess.run(
+        edgevqa_cmd("train", "--base", "someone/some-vlm", "--data", str(synth_data), "--out", "run"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert_user_error(p, "cannot read 'someone/some-vlm': it is not in the local cache", "--local-dir DIR")
+    assert not (tmp_path / "run").exists()

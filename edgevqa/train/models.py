@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgevqa._deps import hub_kwargs
 from edgevqa.bundle import ImageSpec
 from edgevqa.errors import InputError
 from edgevqa.train.base import PIL_CODE, Loaded, image_spec_of, resolve_model_dir  # noqa: F401 (re-exported)
@@ -126,13 +127,13 @@ def load_pretrained(base: str) -> Loaded:
         raise InputError(f"{base}: no preprocessor_config.json beside the model (its image settings)")
     try:
         # safetensors only: never unpickle a downloaded or user-supplied .bin
-        model = BlipForQuestionAnswering.from_pretrained(src, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(src)
+        model = BlipForQuestionAnswering.from_pretrained(src, use_safetensors=True, **hub_kwargs(src))
+        tokenizer = AutoTokenizer.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load BLIP VQA model {base!r}: {first}") from None
     try:
-        ip = BlipImageProcessorPil.from_pretrained(src)
+        ip = BlipImageProcessorPil.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError, TypeError) as e:
         raise InputError(f"cannot read the image processor of {base!r}: {str(e).strip()[:200]}") from None
     spec = image_spec_of(ip, int(model.config.vision_config.image_size), base)

@@ -95,16 +95,20 @@ def hub_model_type(model_id: str) -> str:
     """``model_type`` of a Hugging Face id from its config, without retries when offline."""
     import os
 
-    from edgevqa._deps import hub_offline_hint
+    from edgevqa._deps import hub_kwargs, hub_offline_hint, hub_reachable
 
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(model_id).model_type
+        return AutoConfig.from_pretrained(model_id, **hub_kwargs(model_id)).model_type
     except (OSError, ValueError) as e:
+        if not hub_reachable():
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            raise InputError(
+                f"cannot read {model_id!r}: it is not in the local cache{hub_offline_hint(offline)}"
+            ) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise InputError(f"cannot read {model_id!r}: {first}{hub_offline_hint(offline)}") from None
+        raise InputError(f"cannot read {model_id!r}: {first}{hub_offline_hint(False)}") from None
 
 
 def words_of(texts: list[str]) -> set[str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgevqa._deps import hub_kwargs
 from edgevqa.bundle import ImageSpec
 from edgevqa.config import TrainConfig
 from edgevqa.demo import Stage
@@ -218,8 +219,10 @@ def load_pretrained(base: str) -> Loaded:
         raise InputError(f"{base} is a {family} model, not PaliGemma")
     try:
         # safetensors only: never unpickle a downloaded or user-supplied .bin
-        model = PaliGemmaForConditionalGeneration.from_pretrained(src, use_safetensors=True)
-        proc = PaliGemmaProcessor.from_pretrained(src)
+        model = PaliGemmaForConditionalGeneration.from_pretrained(
+            src, use_safetensors=True, **hub_kwargs(src)
+        )
+        proc = PaliGemmaProcessor.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load PaliGemma model {base!r}: {first}") from None
