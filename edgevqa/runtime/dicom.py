@@ -50,6 +50,7 @@ from PIL import Image
 
 from edgevqa.errors import InputError
 
+log = logging.getLogger("edgevqa.runtime")
 _READ_LOCK = threading.Lock()
 PREAMBLE_OFFSET = 128
 MAGIC = b"DICM"
@@ -135,7 +136,15 @@ def read_dicom(
         index = _frame_index(ds, options.frame, name)
         _check_size(ds, name, max_pixels)
         arr = _decode(ds, index, name)
-        return Image.fromarray(_to_8bit(arr, ds, options, name))
+        try:
+            return Image.fromarray(_to_8bit(arr, ds, options, name))
+        except InputError:
+            raise
+        except Exception as e:  # a malformed LUT, palette or rescale: pydicom and numpy raise anything
+            raise InputError(
+                f"{name}: its pixel values cannot be converted for display ({type(e).__name__} in its "
+                "palette, modality LUT, rescale or VOI LUT)"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,15 +258,17 @@ def _to_8bit(arr: np.ndarray, ds: Any, options: DicomOptions, name: str) -> np.n
 
         try:
             rgb = apply_color_lut(arr, ds)
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         except Exception as e:
             raise InputError(f"{name}: its palette cannot be applied ({type(e).__name__})") from None
-        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        if not 1 <= bits <= 16:
+            raise InputError(f"{name}: its palette descriptor gives {bits} bits per entry (1-16)")
         return _scale_bits(rgb, bits)
     if arr.ndim == 3:  # RGB (pydicom decodes YBR to RGB)
         return _scale_bits(arr, int(_tag(ds, "BitsStored", 8)))
     if not np.issubdtype(arr.dtype, np.number) or arr.ndim != 2:
         raise InputError(f"{name}: unexpected pixel array of shape {arr.shape}")
-    y = voi(modality(arr, ds), ds, options.window)
+    y = voi(modality(arr, ds), ds, options.window, name)
     if photometric == "MONOCHROME1":
         y = 255 - y
     return y
@@ -279,16 +290,27 @@ def modality(arr: np.ndarray, ds: Any) -> np.ndarray:
     return apply_modality_lut(arr, ds).astype(np.float64)
 
 
-def voi(values: np.ndarray, ds: Any, window: tuple[float, float] | None = None) -> np.ndarray:
-    """Modality values -> uint8 by ``window``, else the file's VOI LUT, else its window, else min-max."""
+def voi(
+    values: np.ndarray, ds: Any, window: tuple[float, float] | None = None, name: str = "<DICOM>"
+) -> np.ndarray:
+    """Modality values -> uint8 by ``window``, else the file's VOI LUT, else its window, else min-max.
+
+    A window the file states but that cannot be used (not a number, a width below 1) is replaced by
+    the min-max stretch with a warning that says so (never quoting the values)."""
     if window is not None:
         return apply_window(values, *window)
     if _tag(ds, "VOILUTSequence"):
-        return _voi_lut(values, ds)
+        return _voi_lut(values, ds, name)
     centre, width = _first(_tag(ds, "WindowCenter")), _first(_tag(ds, "WindowWidth"))
     if centre is not None and width is not None and width >= 1:
         function = str(_tag(ds, "VOILUTFunction", "LINEAR")).upper()
         return apply_window(values, centre, width, function)
+    if "WindowCenter" in ds or "WindowWidth" in ds:
+        log.warning(
+            "%s: its Window Center/Width cannot be used (malformed, missing one, or a width below 1); "
+            "shown with a min-max stretch instead (pass --window C,W to choose)",
+            name,
+        )
     return stretch(values)
 
 
@@ -317,22 +339,27 @@ def apply_window(values: np.ndarray, centre: float, width: float, function: str 
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)
 
 
-def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray:
+def _voi_lut(values: np.ndarray, ds: Any, name: str = "<DICOM>") -> np.ndarray:
     """The file's first VOI LUT (PS3.3 C.11.2.1.1): values below its first entry take the first
     output, above its last the last; output scaled from its nominal bits to 0..255.
 
     Written here rather than with pydicom's ``apply_voi``, which (3.0) indexes in the LUT's dtype,
     so with an 8-bit LUT a stored 600 wraps to 88 instead of taking the last entry.
     """
-    item = ds.VOILUTSequence[0]
-    entries, first, bits = (int(v) for v in item.LUTDescriptor)
-    data = item.LUTData
+    try:
+        item = ds.VOILUTSequence[0]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        data = item.LUTData
+    except Exception as e:  # a descriptor of another length, text where numbers belong, no data
+        raise InputError(f"{name}: its VOI LUT is malformed ({type(e).__name__})") from None
     if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
         big = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") == "1.2.840.10008.1.2.2"
         lut = np.frombuffer(data, dtype=">u2" if big else "<u2").astype(np.float64)
     else:
         lut = np.atleast_1d(np.asarray(data, dtype=np.float64))  # US: a number or a list of them
     lut = lut[: entries or 65536]
+    if not len(lut) or not np.isfinite(lut).all():
+        raise InputError(f"{name}: its VOI LUT has no entries, or entries that are not numbers")
     index = np.clip(np.rint(values) - first, 0, len(lut) - 1).astype(np.int64)
     top = float(2 ** min(max(bits, 8), 16) - 1)
     return np.clip(np.rint(lut[index] * (255.0 / top)), 0, 255).astype(np.uint8)

@@ -350,3 +350,62 @@ def test_missing_pydicom_names_the_extra(tmp_path):
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert_user_error(p, "pydicom is not installed", "pip install 'edgevqa[dicom]'")
+
+
+# ---------------------------------------------------------------- hostile DICOMs, generated here
+
+
+def _lut_item(descriptor, data):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    if data is not None:
+        item.add_new("LUTData", "US", data)
+    return item
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (
+            lambda ds: setattr(ds, "VOILUTSequence", [_lut_item([256, 0], list(range(256)))]),
+            "VOI LUT is malformed",
+        ),
+        (lambda ds: setattr(ds, "VOILUTSequence", [_lut_item([256, 0, 8], None)]), "VOI LUT is malformed"),
+        (lambda ds: setattr(ds, "VOILUTSequence", [_lut_item([0, 0, 8], [])]), "VOI LUT"),
+        (
+            lambda ds: ds.add_new("ModalityLUTSequence", "SQ", [_lut_item([3, 0, 16], [1, 2])]),
+            "cannot be converted",
+        ),
+    ],
+)
+def test_malformed_luts_are_one_input_error(tmp_path, edit, fragment):
+    ds = pydicom.dcmread(shipped("MR_small.dcm"))
+    edit(ds)
+    ds.save_as(tmp_path / "bad.dcm")
+    with pytest.raises(InputError) as e:
+        read_dicom(tmp_path / "bad.dcm")
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_palettes_are_one_input_error(tmp_path):
+    for descriptor in ([256, 0], [256, 0, 40], [256, 0, 0]):
+        ds = pydicom.dcmread(shipped("examples_palette.dcm"))
+        for colour in ("Red", "Green", "Blue"):
+            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", descriptor)
+        ds.save_as(tmp_path / "pal.dcm")
+        with pytest.raises(InputError, match="palette"):
+            read_dicom(tmp_path / "pal.dcm")
+
+
+def test_a_malformed_window_is_replaced_by_a_stretch_and_said_so_without_values(tmp_path, caplog):
+    path = variant(tmp_path, "MR_small.dcm", "w.dcm", WindowWidth="0.25")  # a width below 1
+    with caplog.at_level("WARNING", logger="edgevqa.runtime"):
+        y = px(path)
+    assert "Window Center/Width cannot be used" in caplog.text and "0.25" not in caplog.text
+    ds = pydicom.dcmread(path)
+    np.testing.assert_array_equal(y, np.asarray(read_dicom(path, DicomOptions())))
+    from edgevqa.runtime.dicom import modality, stretch
+
+    np.testing.assert_array_equal(y, stretch(modality(ds.pixel_array, ds)))
