@@ -27,6 +27,7 @@ _EXTRA = {
     "uvicorn": "serve",
     "multipart": "serve",
     "python_multipart": "serve",
+    "prometheus_client": "serve",
 }
 
 

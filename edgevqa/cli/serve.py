@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -40,13 +39,36 @@ def serve(
     ] = 32.0,
     max_pixels: Annotated[int, typer.Option(help="Largest image or DICOM frame, in pixels.")] = 40_000_000,
     max_question_chars: Annotated[int, typer.Option(help="Longest question, in characters.")] = 500,
-    access_log: Annotated[bool, typer.Option(help="Log one line per request (method, path, status).")] = True,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request body may take to arrive (then 408).")
+    ] = 60.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a connection may take to send a request's headers (then closed).")
+    ] = 10.0,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            show_default=False,
+            help="Comma-separated proxy addresses whose X-Forwarded-For/-Proto are believed (default: none).",
+        ),
+    ] = None,
+    insecure_no_token: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-token",
+            help="Allow a non-loopback --host without a token (anyone who can reach it can ask).",
+        ),
+    ] = False,
+    access_log: Annotated[
+        bool, typer.Option(help="Log one line per request (address, method, route, status; no query string).")
+    ] = True,
 ) -> None:
-    """Serve the bundle over HTTP: a page for clinicians at /, POST /v1/ask, /metrics, /healthz."""
-    need("fastapi", "uvicorn", "python_multipart")
+    """Serve the bundle over HTTP: a page for clinicians at /, /v1/ask, /v1/chat/completions, /metrics."""
+    need("fastapi", "uvicorn", "python_multipart", "prometheus_client")
     from edgevqa.runtime import VQAPipeline
     from edgevqa.runtime.session import use_global_pool
-    from edgevqa.serve.app import ServeSettings, build_app, is_loopback, run
+    from edgevqa.serve.app import ServeSettings, build_app
+    from edgevqa.serve.server import run
 
     settings = ServeSettings(
         host=host,
@@ -57,19 +79,18 @@ def serve(
         max_question_chars=max_question_chars,
         max_queue=max_queue,
         workers=workers,
-    )
-    if not is_loopback(host) and settings.token is None:
-        logging.getLogger("edgevqa").warning(
-            "serving on %s without a token: anyone who can reach this port can use the model "
-            "(set EDGEVQA_TOKEN)",
-            host,
-        )
+        body_timeout_s=body_timeout,
+        header_timeout_s=header_timeout,
+        forwarded_allow_ips=forwarded_allow_ips,
+        insecure_no_token=insecure_no_token,
+        access_log=access_log,
+    )  # refuses a non-loopback host without a token, before the bundle loads
     use_global_pool(threads)  # this process is ours: one pool for the three graphs
     pipe = VQAPipeline.from_bundle(model, precision=precision, threads=threads, backend=backend)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(
         f"serving {pipe.manifest.family} ({pipe.precision}, {pipe.backend}) on http://{shown}:{port}/ "
-        f"(queue {max_queue}{', token required' if settings.token else ''})",
+        f"(queue {max_queue}{', token required' if settings.token else ', no token'})",
         err=True,
     )
-    run(build_app(pipe, settings), settings, access_log=access_log)
+    run(build_app(pipe, settings), settings)

@@ -7,12 +7,15 @@ Routes (all but ``/healthz`` and the page need the bearer token when one is set)
   -> ``{"answer", "question", "image_cached", "latency_ms", "timings_ms", ...}``
 * ``POST /v1/preview`` -- the same image fields -> a PNG of the image the model sees (DICOM
   converted), at most ``PREVIEW_SIDE`` pixels a side
+* ``POST /v1/chat/completions``, ``GET /v1/models`` -- the same answers for OpenAI's clients (chat.py)
 * ``GET /v1/model`` -- what is being served (family, precision, backend, versions, limits)
-* ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``, ``GET /`` (the page)
+* ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``GET /`` (the page)
 
 Every bad input is a 4xx with ``{"error": "..."}``; a bug is a 500 with a fixed message (the
-traceback goes to the server's log only). When ``max_queue`` requests are already admitted, the
-next gets 503 with ``Retry-After``.
+traceback goes to the server's log, once). A request's body is read, within ``body_timeout_s``,
+before it takes one of the ``max_queue`` slots; when all are taken it gets 503 with
+``Retry-After``. Every response carries ``Cache-Control: no-store``; requests whose ``Origin`` is
+another site's are refused (middleware.py).
 
 Example:
     >>> pipe = VQAPipeline.from_bundle("bundle")                   # doctest: +SKIP
@@ -21,12 +24,12 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
-import io
 import ipaddress
 import json
-import logging
+import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -35,29 +38,46 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException
 
 from edgevqa import __version__
 from edgevqa.errors import EdgeVQAError, InputError, MissingDependencyError
-from edgevqa.runtime.images import load_image
+from edgevqa.serve import chat
 from edgevqa.serve.engine import Engine
 from edgevqa.serve.metrics import CONTENT_TYPE, Metrics
-from edgevqa.serve.middleware import BodyLimit, Guard, RequestMetrics
-from edgevqa.serve.upload import ASK_BODY, PREVIEW_BODY, ApiError, Upload, read_upload
+from edgevqa.serve.middleware import BodyLimit, DefaultHeaders, Guard, RequestLog, ServerErrors, error_body
+from edgevqa.serve.upload import ASK_BODY, PREVIEW_BODY, ApiError, client_of, read_upload
+from edgevqa.serve.work import admitted, answer, preview
 
-log = logging.getLogger("edgevqa.serve")
-PREVIEW_SIDE = 1024
-ROUTES = frozenset({"/", "/healthz", "/metrics", "/openapi.json", "/v1/ask", "/v1/preview", "/v1/model"})
+ROUTES = frozenset(
+    {"/", "/healthz", "/metrics", "/openapi.json", "/v1/ask", "/v1/preview", "/v1/model", *chat.ROUTES}
+)
 PUBLIC = frozenset({"/", "/healthz"})
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
-PAGE_HEADERS = {
-    # one self-contained file: its inline script and style, images from the API (blob:) only
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+# every response: answers are about patient images, and no cache (browser or proxy) may keep them
+API_HEADERS = {
+    "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
+}
+PAGE = resources.files("edgevqa.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def csp_hashes(html: str, tag: str) -> str:
+    """CSP sources allowing exactly the inline ``<tag>`` blocks of ``html``: ``'sha256-...'`` each."""
+    blocks = re.findall(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}>", html, flags=re.S | re.I)
+    digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+    return " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+
+
+PAGE_HEADERS = {
+    # one self-contained file: only its own inline script and style (by hash, computed from the file
+    # above, so an injected script or style attribute does not run), images from the API (blob:)
+    "Content-Security-Policy": f"default-src 'none'; script-src {csp_hashes(PAGE, 'script')}; "
+    f"style-src {csp_hashes(PAGE, 'style')}; img-src blob: data:; connect-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    **API_HEADERS,
 }
 
 
@@ -77,6 +97,11 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] | None = (
         None  # Host headers served (None: loopback names on loopback, else any)
     )
+    body_timeout_s: float = 60.0  # a request body must be in this long after its head, else 408
+    header_timeout_s: float = 10.0  # a connection must send a request head this soon, else closed
+    forwarded_allow_ips: str | None = None  # proxies whose X-Forwarded-For/-Proto count (None: none)
+    insecure_no_token: bool = False  # allow a non-loopback host without a token
+    access_log: bool = True  # one line per request: address, method, route, status, ms
 
     def __post_init__(self) -> None:
         for flag, value, least in (
@@ -89,8 +114,19 @@ class ServeSettings:
         ):
             if value < least:
                 raise InputError(f"{flag} must be at least {least}, got {value}")
+        for flag, seconds in (
+            ("--body-timeout", self.body_timeout_s),
+            ("--header-timeout", self.header_timeout_s),
+        ):
+            if not seconds > 0:
+                raise InputError(f"{flag} must be more than 0 seconds, got {seconds}")
         if self.token is not None and len(self.token) < 8:
             raise InputError("--token (or EDGEVQA_TOKEN) must be at least 8 characters")
+        if self.token is None and not is_loopback(self.host) and not self.insecure_no_token:
+            raise InputError(
+                f"refusing to serve on {self.host} without a token (anyone who can reach the port could "
+                "use the model): set EDGEVQA_TOKEN, or pass --insecure-no-token"
+            )
 
     def hosts(self) -> tuple[str, ...]:
         if self.allowed_hosts is not None:
@@ -115,6 +151,14 @@ def build_app(pipeline: Any, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     engine = Engine(pipeline, capacity=settings.max_queue, workers=settings.workers)
     metrics = Metrics(ROUTES)
+    metrics.gauge(
+        "edgevqa_requests_admitted",
+        "Requests running or waiting for the model now.",
+        lambda: engine.gate.inside,
+    )
+    metrics.gauge(
+        "edgevqa_requests_admitted_max", "Requests admitted at once before 503.", lambda: engine.gate.capacity
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -132,56 +176,52 @@ def build_app(pipeline: Any, settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.engine, app.state.metrics, app.state.settings = engine, metrics, settings
     _errors(app)
-    _routes(app, engine, metrics, settings, model_summary(pipeline, settings))
-    # the last added runs first: metrics see every response, the guard runs before the body is read
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    summary = model_summary(pipeline, settings)
+    _routes(app, engine, metrics, settings, summary)
+    chat.add_routes(app, engine, metrics, settings, model_id=f"{summary['family']}-{summary['precision']}")
+    # the last added runs first: the log sees every response, the guard runs before the body is read
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(Guard, token=settings.token, allowed_hosts=settings.hosts(), public=PUBLIC)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(ServerErrors)
+    app.add_middleware(DefaultHeaders, headers=API_HEADERS)
+    app.add_middleware(RequestLog, metrics=metrics, access_log=settings.access_log)
     return app
 
 
 def _errors(app: FastAPI) -> None:
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    def error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        # json.dumps escapes to ASCII: a message can quote any string the client sent
+        body = json.dumps(error_body(request.url.path, status, message))
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        return error(e.status, str(e))
+    async def api_error(request: Request, e: ApiError) -> Response:
+        return error(request, e.status, str(e), e.headers)
 
     @app.exception_handler(EdgeVQAError)
-    async def user_error(request: Request, e: EdgeVQAError) -> JSONResponse:
-        return error(501 if isinstance(e, MissingDependencyError) else 400, str(e))
+    async def user_error(request: Request, e: EdgeVQAError) -> Response:
+        return error(request, 501 if isinstance(e, MissingDependencyError) else 400, str(e))
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, e: HTTPException) -> Response:
         message = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
-        return error(e.status_code, message.lower() if e.status_code in (404, 405) else message, e.headers)
+        return error(
+            request, e.status_code, message.lower() if e.status_code in (404, 405) else message, e.headers
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, e: RequestValidationError) -> Response:
         first = e.errors()[0] if e.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+        return error(request, 422, f"{where}: {first.get('msg', 'invalid request')}")
 
-    @app.exception_handler(Exception)
-    async def bug(request: Request, e: Exception) -> JSONResponse:
-        log.error("internal error on %s: %s", request.url.path, type(e).__name__, exc_info=e)
-        return error(500, "internal error (details are in the server log)")
+    # any other exception is a bug: middleware.ServerErrors answers the fixed 500 and logs it once
 
 
 def _routes(app: FastAPI, engine: Engine, metrics: Metrics, settings: ServeSettings, summary: dict) -> None:
-    page = resources.files("edgevqa.serve").joinpath("page.html").read_text(encoding="utf-8")
-    busy = {"Retry-After": str(settings.retry_after_s)}
-
-    def overloaded() -> JSONResponse:
-        message = (
-            f"busy: {settings.max_queue} requests are running or queued; retry in {settings.retry_after_s} s"
-        )
-        return JSONResponse({"error": message}, status_code=503, headers=busy)
-
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(page, headers=PAGE_HEADERS)
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict:
@@ -193,71 +233,34 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, settings: ServeSetti
 
     @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
     async def prometheus() -> Response:
-        gauges = {
-            "edgevqa_requests_admitted": (
-                "Requests running or waiting for the model now.",
-                engine.gate.inside,
-            ),
-            "edgevqa_requests_admitted_max": ("Requests admitted at once before 503.", engine.gate.capacity),
-        }
-        if (rss := resident_bytes()) is not None:
-            gauges["process_resident_memory_bytes"] = ("Resident memory of the server process.", rss)
-        return Response(metrics.render(gauges), media_type=CONTENT_TYPE)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/v1/ask", summary="Answer a question about an image or DICOM", openapi_extra=ASK_BODY)
     async def ask(request: Request) -> Any:
         t0 = time.perf_counter()
-        if not engine.gate.try_enter():
-            return overloaded()
-        try:
-            up = await read_upload(request, settings.max_question_chars, need_question=True)
-            assert up.question is not None
-            result = await engine.run(lambda: _answer(engine, settings, up))
-        finally:
-            engine.gate.leave()
-        metrics.image_cache(result["image_cached"])
-        return {**result, "latency_ms": round(1e3 * (time.perf_counter() - t0), 3)}
+        up = await read_upload(request, settings.max_question_chars, need_question=True)
+        client = client_of(request)
+        with admitted(engine, settings):
+            ans = await engine.run(lambda: answer(engine, settings, up, client))
+        metrics.image_cache(ans.image_cached)
+        pipe = engine.pipeline
+        return {
+            "answer": ans.text,
+            "question": up.question,
+            "image_cached": ans.image_cached,
+            "precision": pipe.precision,
+            "backend": pipe.backend,
+            "timings_ms": ans.timings_ms,
+            "latency_ms": round(1e3 * (time.perf_counter() - t0), 3),
+        }
 
     @app.post("/v1/preview", summary="PNG of the image the model sees", openapi_extra=PREVIEW_BODY)
-    async def preview(request: Request) -> Response:
-        if not engine.gate.try_enter():
-            return overloaded()
-        try:
-            up = await read_upload(request, settings.max_question_chars, need_question=False)
-            png, size = await engine.run(lambda: _preview(settings, up))
-        finally:
-            engine.gate.leave()
-        headers = {"Cache-Control": "no-store", "X-Image-Size": f"{size[0]}x{size[1]}"}
+    async def preview_png(request: Request) -> Response:
+        up = await read_upload(request, settings.max_question_chars, need_question=False)
+        with admitted(engine, settings):
+            png, size = await engine.run(lambda: preview(settings, up))
+        headers = {"X-Image-Size": f"{size[0]}x{size[1]}"}
         return Response(png, media_type="image/png", headers=headers)
-
-
-def _answer(engine: Engine, settings: ServeSettings, up: Upload) -> dict:
-    """In a worker thread: decode the upload, then ask the shared pipeline under its lock."""
-    t0 = time.perf_counter()
-    img = load_image(up.data, max_pixels=settings.max_pixels, dicom=up.dicom, name=up.name)
-    t1 = time.perf_counter()
-    with engine.lock:
-        t2 = time.perf_counter()
-        ans = engine.pipeline.ask(img, up.question)
-    pipe = engine.pipeline
-    return {
-        "answer": ans.text,
-        "question": up.question,
-        "image_cached": ans.image_cached,
-        "precision": pipe.precision,
-        "backend": pipe.backend,
-        "timings_ms": {"decode_ms": round(1e3 * (t1 - t0), 3), "queue_ms": round(1e3 * (t2 - t1), 3)}
-        | ans.timings_ms,
-    }
-
-
-def _preview(settings: ServeSettings, up: Upload) -> tuple[bytes, tuple[int, int]]:
-    img = load_image(up.data, max_pixels=settings.max_pixels, dicom=up.dicom, name=up.name)
-    size = img.size
-    img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue(), size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,30 +289,3 @@ def model_summary(pipeline: Any, settings: ServeSettings) -> dict:
             "max_queue": settings.max_queue,
         },
     }
-
-
-def resident_bytes() -> int | None:
-    """This process's resident memory (Linux ``/proc``), or None elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def run(app: FastAPI, settings: ServeSettings, access_log: bool = True) -> None:
-    """Serve ``app`` with uvicorn until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    import uvicorn
-
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=access_log,
-        log_level="info",
-        timeout_keep_alive=5,
-        server_header=False,
-    )

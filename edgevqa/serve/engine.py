@@ -6,17 +6,26 @@ small worker pool beside it. In front of both sits a gate: at most ``capacity`` 
 admitted (running or waiting); the next one is refused at once, and the server answers 503 with
 ``Retry-After`` instead of letting a backlog grow in memory.
 
+The pipeline's image-encoding cache is keyed by the image's content alone, so a shared cache would
+tell a client (by ``image_cached``, or by a faster answer) that someone else sent the same image.
+:meth:`Engine.serving` therefore empties it whenever the pipeline serves another client than the
+one before: a client reuses only encodings of images it sent itself, since nobody else was served.
+
 Example:
     >>> engine = Engine(pipe, capacity=8, workers=2)        # doctest: +SKIP
+    >>> def ask(client, img, question):                      # in a worker thread
+    ...     with engine.serving(client) as pipe:
+    ...         return pipe.ask(img, question)
     >>> if engine.gate.try_enter():                          # doctest: +SKIP
-    ...     answer = await engine.run(lambda: engine.locked(pipe.ask, img, "what modality?"))
+    ...     answer = await engine.run(lambda: ask("10.0.0.7", img, "what modality?"))
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -60,15 +69,21 @@ class Engine:
         self.gate = Gate(capacity)
         self.lock = threading.Lock()  # one caller at a time inside the pipeline
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgevqa-worker")
+        self._client: str | None = None  # whom the pipeline served last (under the lock)
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the worker pool (decoding and inference never block the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
-    def locked(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call ``fn`` (a pipeline method) holding the pipeline lock; from a worker thread."""
+    @contextlib.contextmanager
+    def serving(self, client: str) -> Iterator[Any]:
+        """Hold the pipeline lock for ``client`` (an opaque id, see upload.client_of) and yield the
+        pipeline, its image cache emptied first when the last request served was another client's."""
         with self.lock:
-            return fn(*args, **kwargs)
+            if client != self._client:
+                self.pipeline.forget_images()
+                self._client = client
+            yield self.pipeline
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -3,7 +3,9 @@
 Two encodings of the same fields: multipart (an ``image`` file, ``question``, optional ``window``
 "C,W" and ``frame``) and JSON (``image_base64``, ``question``, optional ``filename``, ``window`` as
 "C,W" or [C, W], ``frame``). Everything a client can get wrong is an :class:`ApiError` (or an
-InputError for a bad window/frame) that the app renders as ``{"error": "..."}``.
+InputError for a bad window/frame) that the app renders as ``{"error": "..."}``: JSON nested too
+deeply for the parser and strings that are not text (a lone surrogate such as ``"\\ud800"``)
+included.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from edgevqa.runtime.dicom import DicomOptions, parse_window
+from edgevqa.runtime.tokenizer import is_text
 
 
 class ApiError(Exception):
-    """A client error with its HTTP status; rendered as ``{"error": message}``."""
+    """A refusal with its HTTP status (and headers, e.g. Retry-After); rendered as ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 @dataclass
@@ -58,11 +61,11 @@ async def read_upload(request: Request, max_question_chars: int, need_question: 
     data, name = fields["data"], fields["name"]
     if not data:
         raise ApiError(400, "the image is empty")
-    question = _question(fields.get("question"), max_question_chars) if need_question else None
+    question = question_text(fields.get("question"), max_question_chars) if need_question else None
     window = fields.get("window")
     if isinstance(window, list) and len(window) == 2:
         window = ",".join(str(x) for x in window)
-    if window is not None and not isinstance(window, str):
+    if window is not None and (not isinstance(window, str) or len(window) > 64 or not is_text(window)):
         raise ApiError(400, 'window must be "CENTRE,WIDTH" or [centre, width]')
     frame = _frame(fields.get("frame"))
     return Upload(data, name, question, DicomOptions(parse_window(window) if window else None, frame))
@@ -79,11 +82,31 @@ async def _multipart(request: Request) -> dict:
     return {"data": data, "name": _display_name(file.filename)} | fields
 
 
-async def _json_fields(request: Request) -> dict:
+async def read_json(request: Request) -> Any:
+    """The request's body parsed as JSON.
+
+    Raises:
+        ApiError: 400 for a body that is not JSON, or is nested too deeply to parse (json's
+            parser recurses, so ``[[[[...`` 100000 deep raises RecursionError).
+    """
+    data = await request.body()
     try:
-        body = json.loads(await request.body())
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
+
+
+def client_of(request: Request) -> str:
+    """Who is asking, as far as the image-encoding cache goes: the peer's address, plus the
+    page's per-tab ``X-Edgevqa-Session`` id when it sends one (see Engine.serving)."""
+    address = request.client.host if request.client else ""
+    return f"{address} {request.headers.get('x-edgevqa-session', '')[:64]}"
+
+
+async def _json_fields(request: Request) -> dict:
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, 'the JSON body must be an object: {"image_base64": ..., "question": ...}')
     encoded = body.get("image_base64")
@@ -105,9 +128,12 @@ def _display_name(filename: str | None) -> str:
     return name if name and name.isprintable() else "<upload>"
 
 
-def _question(value: Any, limit: int) -> str:
+def question_text(value: Any, limit: int) -> str:
+    """The question, stripped; 400 when it is missing, empty, too long or not text."""
     if not isinstance(value, str) or not value.strip():
         raise ApiError(400, "the question is empty")
+    if not is_text(value):
+        raise ApiError(400, "the question is not valid text (it holds an unpaired UTF-16 surrogate)")
     if len(value) > limit:
         raise ApiError(400, f"the question is {len(value)} characters long; the limit is {limit}")
     return value.strip()

@@ -218,7 +218,7 @@ def test_token_and_host_checks(bundle):
         assert r.status_code == 400 and r.json() == {"error": "this Host header is not served here"}
     default = ServeSettings()
     assert set(default.hosts()) == {"127.0.0.1", "localhost", "::1"}
-    assert ServeSettings(host="0.0.0.0").hosts() == ("*",)
+    assert ServeSettings(host="0.0.0.0", token=TOKEN).hosts() == ("*",)
 
 
 def test_a_bug_is_a_500_without_traceback(bundle, monkeypatch):
@@ -269,10 +269,23 @@ def test_full_queue_answers_503_with_retry_after(bundle, reference):
                 r.status_code == 200 and r.json()["answer"] == reference.ask(load_image(png(10 + i)), Q).text
             )
         assert engine.gate.inside == 0
-        metrics = c.get("/metrics").text
-        assert 'edgevqa_requests_total{route="/v1/ask",status="200"} 3' in metrics
-        assert 'edgevqa_requests_total{route="/v1/ask",status="503"} 1' in metrics
-        assert 'edgevqa_errors_total{route="/v1/ask",kind="overload"} 1' in metrics
+        metrics = scrape(c)
+        assert metrics["edgevqa_requests_total", ("route", "/v1/ask"), ("status", "200")] == 3
+        assert metrics["edgevqa_requests_total", ("route", "/v1/ask"), ("status", "503")] == 1
+        assert metrics["edgevqa_errors_total", ("kind", "overload"), ("route", "/v1/ask")] == 1
+
+
+def scrape(c: TestClient) -> dict:
+    """/metrics read by prometheus_client's own parser: (name, *sorted label pairs) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, *sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def test_metrics_text_format(bundle):
@@ -281,26 +294,20 @@ def test_metrics_text_format(bundle):
             c.post("/v1/ask", files={"image": ("x.png", png(30))}, data={"question": Q})
         c.post("/v1/ask", json={"question": Q})
         c.get("/no/such/path")
-        text = c.get("/metrics").text
-    lines = text.splitlines()
-    assert 'edgevqa_requests_total{route="/v1/ask",status="200"} 2' in lines
-    assert 'edgevqa_requests_total{route="/v1/ask",status="400"} 1' in lines
-    assert 'edgevqa_requests_total{route="other",status="404"} 1' in lines
-    assert 'edgevqa_errors_total{route="/v1/ask",kind="client"} 1' in lines
-    assert 'edgevqa_request_duration_seconds_bucket{route="/v1/ask",le="+Inf"} 3' in lines
-    assert 'edgevqa_request_duration_seconds_count{route="/v1/ask"} 3' in lines
-    assert 'edgevqa_image_encodings_total{cache="hit"} 1' in lines
-    assert 'edgevqa_image_encodings_total{cache="miss"} 1' in lines
-    assert "edgevqa_requests_admitted 0" in lines and "edgevqa_requests_admitted_max 8" in lines
-    assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
-    buckets = [
-        int(x.split()[-1])
-        for x in lines
-        if x.startswith('edgevqa_request_duration_seconds_bucket{route="/v1/ask"')
-    ]
-    assert buckets == sorted(buckets)  # cumulative
-    for line in lines:  # every sample line: name{labels} value
-        assert line.startswith("# ") or len(line.rsplit(" ", 1)) == 2
+        m = scrape(c)
+    ask = ("route", "/v1/ask")
+    assert m["edgevqa_requests_total", ask, ("status", "200")] == 2
+    assert m["edgevqa_requests_total", ask, ("status", "400")] == 1
+    assert m["edgevqa_requests_total", ("route", "other"), ("status", "404")] == 1
+    assert m["edgevqa_errors_total", ("kind", "client"), ask] == 1
+    assert m["edgevqa_request_duration_seconds_bucket", ("le", "+Inf"), ask] == 3
+    assert m["edgevqa_request_duration_seconds_count", ask] == 3
+    assert m["edgevqa_image_encodings_total", ("cache", "hit")] == 1
+    assert m["edgevqa_image_encodings_total", ("cache", "miss")] == 1
+    assert m["edgevqa_requests_admitted",] == 0 and m["edgevqa_requests_admitted_max",] == 8
+    assert m["process_resident_memory_bytes",] > 1e6
+    buckets = [v for k, v in m.items() if k[0] == "edgevqa_request_duration_seconds_bucket" and ask in k]
+    assert len(buckets) == 12 and buckets == sorted(buckets)  # 11 bounds and +Inf, cumulative
 
 
 def test_model_summary_and_openapi(client, bundle):

@@ -1,11 +1,16 @@
 """The real `edgevqa serve` process (torch blocked) on a free loopback port: answers over HTTP,
 load (no errors below the queue limit, 503 above it, stable memory, right answers throughout),
-and the clinician's page driven in a headless Chromium."""
+hostile clients (slow bodies and headers, clients that leave, tokens in query strings, forged
+X-Forwarded-For), the official OpenAI client, and the clinician's page in a headless Chromium."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import importlib.util
 import io
+import os
+import select
 import shutil
 import socket
 import subprocess
@@ -39,6 +44,7 @@ MAX_QUEUE = 4
 # the decoded size of the preview <img> (waits until the PNG is decoded)
 PREVIEW_SIZE = "e => e.decode().then(() => [e.naturalWidth, e.naturalHeight])"
 QUESTIONS = ("is there a lesion?", "what modality is this?", "which side is the lesion on?")
+SERVER_ENV = {k: v for k, v in os.environ.items() if k != "EDGEVQA_TOKEN"}
 
 
 @dataclass
@@ -69,23 +75,15 @@ def png(seed: int, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
+@contextlib.contextmanager
+def start_server(bundle: Path, log: Path, *flags: str, env: dict | None = None):
+    """A real `edgevqa serve` (torch blocked) on a free loopback port, until the block ends."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = edgevqa_cmd(
-        "serve",
-        "--model",
-        str(bundle),
-        "--port",
-        str(port),
-        "--max-queue",
-        str(MAX_QUEUE),
-        "--no-access-log",
-        block_torch=True,
-    )
+    cmd = edgevqa_cmd("serve", "--model", str(bundle), "--port", str(port), *flags, block_torch=True)
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env or SERVER_ENV
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -100,13 +98,22 @@ def server(bundle, tmp_path_factory):
             proc.kill()
             pytest.fail(f"edgevqa serve did not come up:\n{log.read_text()}")
         time.sleep(0.1)
-    yield Server(url, proc.pid, log)
-    proc.terminate()
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield Server(url, proc.pid, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with start_server(bundle, log, "--max-queue", str(MAX_QUEUE), "--no-access-log") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +218,161 @@ def test_load_below_and_above_the_queue_limit(server, reference):
     )
 
 
+# ---------------------------------------------------------------- hostile clients
+
+TOKEN = "hostile-test-token-1"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DEADLINE_S = 2  # --body-timeout and --header-timeout of the hostile server
+GENEROUS_S = 15  # what "within the deadline" allows for on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def hostile(bundle, tmp_path_factory):
+    """A server with a token (from EDGEVQA_TOKEN), one queue slot, 2 s deadlines, the access log on."""
+    log = tmp_path_factory.mktemp("hostile") / "server.log"
+    flags = ("--max-queue", "1", "--body-timeout", str(DEADLINE_S), "--header-timeout", str(DEADLINE_S))
+    with start_server(bundle, log, *flags, env=SERVER_ENV | {"EDGEVQA_TOKEN": TOKEN}) as s:
+        yield s
+
+
+def head(path: str, length: int) -> bytes:
+    """A POST's request line and headers, announcing a multipart body of ``length`` bytes."""
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Authorization: Bearer {TOKEN}",
+        "Content-Type: multipart/form-data; boundary=b0undary",
+        f"Content-Length: {length}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def trickle(url: str, first: bytes, drip: bytes, give_up_s: float = 20) -> tuple[bytes, bool, float]:
+    """Send ``first``, then ``drip`` every 0.25 s, reading meanwhile: what came back, whether the
+    server closed the connection, and after how many seconds."""
+    host, port = url.removeprefix("http://").split(":")
+    got, closed, t0 = b"", False, time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(first)
+        while not closed and time.monotonic() - t0 < give_up_s:
+            try:
+                s.sendall(drip)
+                if select.select([s], [], [], 0.25)[0]:
+                    chunk = s.recv(65536)
+                    got, closed = got + chunk, not chunk
+            except OSError:  # reset or broken pipe: closed by the server
+                closed = True
+    return got, closed, time.monotonic() - t0
+
+
+def scrape(srv: Server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(srv.url + "/metrics", headers=AUTH, timeout=10).text
+    return {
+        (x.name, *sorted(x.labels.items())): x.value
+        for family in text_string_to_metric_families(text)
+        for x in family.samples
+    }
+
+
+def test_slow_body_gets_408_and_never_holds_a_slot(hostile, reference):
+    slow: list = [None, None]
+
+    def client(i: int) -> None:
+        slow[i] = trickle(hostile.url, head("/v1/ask", 50_000) + b"--b0undary\r\n", b"x")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # both heads are in and their bodies trickle
+    with httpx.Client(base_url=hostile.url, headers=AUTH, timeout=30) as c:
+        # one queue slot: were it held by a slow upload, this would be a 503
+        r = post(c, png(3), QUESTIONS[0])
+        assert r.status_code == 200, r.text
+        assert r.json()["answer"] == reference.ask(load_image(png(3)), QUESTIONS[0]).text
+        for t in threads:
+            t.join(timeout=60)
+        for got, closed, took in slow:
+            assert closed and took < GENEROUS_S, (got, took)
+            assert got == b"" or got.startswith(b"HTTP/1.1 408 "), got
+        answered = [got for got, _, _ in slow if got]
+        assert answered, "no 408 came back (each connection was closed without an answer)"
+        assert all(b'{"error": "the request body did not arrive within 2 s"}' in got for got in answered)
+        assert post(c, png(4), QUESTIONS[1]).status_code == 200  # and the server goes on
+    metrics = scrape(hostile)
+    assert metrics["edgevqa_requests_total", ("route", "/v1/ask"), ("status", "408")] >= 2
+
+
+def test_slow_headers_are_cut_off(hostile):
+    got, closed, took = trickle(
+        hostile.url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: 1\r\n"
+    )
+    assert closed and took < GENEROUS_S and got == b"", (got, took)
+    assert httpx.get(hostile.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_client_leaving_mid_upload_is_not_a_server_error(hostile):
+    key = ("edgevqa_requests_total", ("route", "/v1/ask"), ("status", "499"))
+    before = scrape(hostile).get(key, 0)
+    host, port = hostile.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(head("/v1/ask", 100_000) + b"--b0undary\r\n" + b"x" * 1000)
+        time.sleep(0.3)  # the server is reading the body; then the client goes away
+    deadline = time.monotonic() + GENEROUS_S
+    while (metrics := scrape(hostile)).get(key, 0) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metrics.get(key, 0) == before + 1
+    assert metrics["edgevqa_errors_total", ("kind", "aborted"), ("route", "/v1/ask")] >= 1
+    assert not [k for k in metrics if k[0] == "edgevqa_errors_total" and ("kind", "server") in k]
+    log = hostile.log.read_text()
+    assert '"POST /v1/ask" 499' in log
+    assert "Traceback" not in log and "ERROR" not in log and "internal error" not in log
+
+
+def test_access_log_holds_no_token_and_no_forged_address(hostile):
+    secret, forged = "query-secret-9f3c", "203.0.113.9"
+    with httpx.Client(base_url=hostile.url, timeout=10) as c:
+        spoof = {"X-Forwarded-For": forged, "X-Forwarded-Proto": "https"}
+        assert c.get(f"/v1/model?token={secret}", headers=spoof).status_code == 401
+        assert c.get(f"/v1/model?access_token={secret}", headers=AUTH | spoof).status_code == 200
+    time.sleep(0.2)
+    log = hostile.log.read_text()
+    assert secret not in log and forged not in log
+    lines = [x for x in log.splitlines() if '"GET /v1/model"' in x]
+    assert any(x.endswith(" ms") and '"GET /v1/model" 401' in x for x in lines), lines
+    assert any('"GET /v1/model" 200' in x for x in lines), lines
+    assert all(x.startswith("127.0.0.1:") for x in lines), lines
+
+
+def test_openai_client_gets_the_answers_of_v1_ask(hostile, reference):
+    openai = pytest.importorskip("openai")
+    image, question = png(5), QUESTIONS[1]
+    with httpx.Client(base_url=hostile.url, headers=AUTH, timeout=30) as c:
+        expected = post(c, image, question).json()["answer"]
+    assert expected == reference.ask(load_image(image), question).text
+    client = openai.OpenAI(base_url=hostile.url + "/v1", api_key=TOKEN, max_retries=0, timeout=30)
+    [model] = client.models.list().data
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    content = [{"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": url}}]
+    messages = [{"role": "user", "content": content}]
+
+    done = client.chat.completions.create(model=model.id, messages=messages)
+    assert done.model == model.id and len(done.choices) == 1
+    assert done.choices[0].message.content == expected
+    assert done.choices[0].finish_reason in ("stop", "length")
+
+    chunks = list(client.chat.completions.create(model=model.id, messages=messages, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
+
+    wrong = openai.OpenAI(base_url=hostile.url + "/v1", api_key="wrong-token-123", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model=model.id, messages=messages)
+    with pytest.raises(openai.BadRequestError, match="no image"):
+        client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": question}])
+
+
 # ---------------------------------------------------------------- the page in a real browser
 
 
@@ -238,6 +400,8 @@ def test_page_in_headless_chromium(server, reference, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
             page.goto(server.url + "/")
             assert "does not replace, clinical judgement" in page.inner_text("#notice")
             page.set_input_files("#file", str(scan))
@@ -252,6 +416,8 @@ def test_page_in_headless_chromium(server, reference, tmp_path):
             assert page.inner_text("#history li").startswith(f"{question} → {expected} (")
             page.screenshot(path=str(shot), full_page=True)
             box = page.locator("#answer").bounding_box()
+            # the CSP allows the inline script and style by their hashes: nothing was refused
+            assert not [m for m in console if "Content Security Policy" in m], console
         finally:
             browser.close()
     with Image.open(shot) as im:
