@@ -350,7 +350,17 @@ def load_manifest(bundle: str | Path, precision: str | None = None, verify: bool
     return m
 
 
-def verify_files(bundle: Path, m: Manifest, precision: str | None = None) -> None:
+def verify_files(bundle: Path, m: Manifest, precision: str | None = None, origin: bool = True) -> None:
+    """Every file the manifest lists (of ``precision``, and the shared ones) against its sha256;
+    with ``origin``, first the manifest's signature when trusted keys are configured (signing.py).
+
+    Raises:
+        BundleError: a path outside the bundle, a missing or changed file, no trusted signature.
+    """
+    if origin:
+        from edgevqa import signing
+
+        signing.check(bundle, signing.trusted_keys())
     wanted = set(m.files)
     if precision is not None:
         mine = set(m.precisions[precision].values())
