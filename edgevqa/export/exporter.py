@@ -26,7 +26,7 @@ import numpy as np
 from edgevqa import __version__, atomic, bundle
 from edgevqa.config import ExportConfig, TrainConfig
 from edgevqa.data.records import VQARecord, load_split
-from edgevqa.errors import InputError, ValidationError
+from edgevqa.errors import EdgeVQAError, InputError, ValidationError
 from edgevqa.eval.metrics import record_accuracy
 from edgevqa.export import merge, tensorrt, validate
 from edgevqa.export import onnx as export_onnx
@@ -48,6 +48,8 @@ def step(name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     try:
         yield
+    except EdgeVQAError:
+        raise  # the user's error: its one line says what to fix
     except BaseException:
         log.error("export step %r failed after %.1fs", name, time.perf_counter() - t0)
         raise
