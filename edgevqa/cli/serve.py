@@ -34,6 +34,9 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="Threads decoding uploads (inference runs one at a time).")
     ] = 2,
+    max_uploads: Annotated[
+        int, typer.Option(help="Request bodies received at once (each up to --max-body-mb); more get 503.")
+    ] = 16,
     max_body_mb: Annotated[
         float, typer.Option(help="Largest request body in MB (image or DICOM file).")
     ] = 32.0,
@@ -78,6 +81,7 @@ def serve(
         max_pixels=max_pixels,
         max_question_chars=max_question_chars,
         max_queue=max_queue,
+        max_uploads=max_uploads,
         workers=workers,
         body_timeout_s=body_timeout,
         header_timeout_s=header_timeout,

@@ -98,6 +98,7 @@ class ServeSettings:
         None  # Host headers served (None: loopback names on loopback, else any)
     )
     body_timeout_s: float = 60.0  # a request body must be in this long after its head, else 408
+    max_uploads: int = 16  # request bodies read at once (memory: at most this x max_body_bytes); then 503
     header_timeout_s: float = 10.0  # a connection must send a request head this soon, else closed
     forwarded_allow_ips: str | None = None  # proxies whose X-Forwarded-For/-Proto count (None: none)
     insecure_no_token: bool = False  # allow a non-loopback host without a token
@@ -110,6 +111,7 @@ class ServeSettings:
             ("--max-pixels", self.max_pixels, 1),
             ("--max-question-chars", self.max_question_chars, 1),
             ("--max-queue", self.max_queue, 1),
+            ("--max-uploads", self.max_uploads, 1),
             ("--workers", self.workers, 1),
         ):
             if value < least:
@@ -180,7 +182,13 @@ def build_app(pipeline: Any, settings: ServeSettings | None = None) -> FastAPI:
     _routes(app, engine, metrics, settings, summary)
     chat.add_routes(app, engine, metrics, settings, model_id=f"{summary['family']}-{summary['precision']}")
     # the last added runs first: the log sees every response, the guard runs before the body is read
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_reading=settings.max_uploads,
+        retry_after_s=settings.retry_after_s,
+    )
     app.add_middleware(Guard, token=settings.token, allowed_hosts=settings.hosts(), public=PUBLIC)
     app.add_middleware(ServerErrors)
     app.add_middleware(DefaultHeaders, headers=API_HEADERS)

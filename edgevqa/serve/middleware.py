@@ -244,11 +244,17 @@ class BodyLimit:
 
     With the deadline a client that trickles its body cannot hold the request (and its
     connection: the 408 closes it) for long; the routes read the whole body before they take a
-    queue slot, so such a client never holds one of those at all.
+    queue slot, so such a client never holds one of those at all. Bodies are read into memory, so
+    at most ``max_reading`` are read at once; a request with a body beyond that gets 503 with
+    ``Retry-After`` before a byte of it is read (memory stays under max_reading x limit).
     """
 
-    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 60.0):
+    def __init__(
+        self, app: ASGIApp, limit: int, timeout_s: float = 60.0, max_reading: int = 16, retry_after_s: int = 1
+    ):
         self.app, self.limit, self.timeout_s = app, limit, timeout_s
+        self.max_reading, self.retry_after_s = max_reading, retry_after_s
+        self.reading = 0  # bodies being read now (one event loop: no lock needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -256,9 +262,22 @@ class BodyLimit:
         length = _header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await send_error(scope, send, 413, self._too_large())
+        has_body = (length is not None and int(length) > 0) or _header(
+            scope, b"transfer-encoding"
+        ) is not None
+        if has_body and self.reading >= self.max_reading:
+            message = f"busy: {self.max_reading} uploads are being received; try again shortly"
+            return await send_error(scope, send, 503, message, {"Retry-After": str(self.retry_after_s)})
         deadline = time.monotonic() + self.timeout_s
         seen = 0
-        complete = started = False
+        complete, started, counted = not has_body, False, has_body
+        self.reading += counted
+
+        def done_reading() -> None:
+            nonlocal counted
+            if counted:
+                self.reading -= 1
+                counted = False
 
         async def limited_receive() -> Message:
             nonlocal seen, complete
@@ -271,8 +290,12 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
+                if complete:
+                    done_reading()
                 if seen > self.limit:
                     raise BodyTooLarge
+            elif message["type"] == "http.disconnect":
+                done_reading()
             return message
 
         async def track_send(message: Message) -> None:
@@ -289,6 +312,8 @@ class BodyLimit:
             if not started:
                 message = f"the request body did not arrive within {self.timeout_s:g} s"
                 await send_error(scope, send, 408, message, {"Connection": "close"})
+        finally:
+            done_reading()  # also when the route answered without reading the body (a 401, ...)
 
     def _too_large(self) -> str:
         return f"the request body is larger than the {self.limit / 1e6:.1f} MB limit"

@@ -202,3 +202,62 @@ def test_non_loopback_without_token_is_refused(bundle):
         env=env,
     )
     assert_user_error(p, "refusing to serve on 0.0.0.0 without a token", "--insecure-no-token")
+
+
+def test_at_most_max_uploads_bodies_are_received_at_once():
+    """Bodies are read into memory before admission: beyond the cap a request with a body gets
+    503 before a byte is read; bodiless requests and the next upload after one completes pass."""
+    import asyncio
+
+    from edgevqa.serve.middleware import BodyLimit
+
+    async def app(scope, receive, send):  # reads its whole body, then answers 200
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limit = BodyLimit(app, limit=1000, timeout_s=5, max_reading=1, retry_after_s=3)
+
+    def scope(length):
+        headers = [(b"content-length", str(length).encode())] if length else []
+        return {"type": "http", "path": "/v1/ask", "method": "POST", "headers": headers}
+
+    async def request(length, body_chunks):
+        sent = []
+        chunks = iter(body_chunks)
+
+        async def receive():
+            gate = next(chunks, None)
+            if gate is None:  # no body
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gate.wait()
+            return {"type": "http.request", "body": b"x", "more_body": gate is not body_chunks[-1]}
+
+        async def send(message):
+            sent.append(message)
+
+        await limit(scope(length), receive, send)
+        return next(m["status"] for m in sent if m["type"] == "http.response.start"), sent
+
+    async def main():
+        first_gates = [asyncio.Event(), asyncio.Event()]
+        first = asyncio.create_task(request(2, first_gates))
+        await asyncio.sleep(0.05)
+        first_gates[0].set()  # the first upload is half in
+        await asyncio.sleep(0.05)
+        # its body never comes: were it read, this would wait until the deadline
+        refused = await asyncio.wait_for(request(1, [asyncio.Event()]), 2)
+        bodiless = await request(0, [])
+        first_gates[1].set()
+        done = await first
+        opened = asyncio.Event()
+        opened.set()
+        after = await request(1, [opened])
+        return refused, bodiless, done, after
+
+    refused, bodiless, done, after = asyncio.run(main())
+    assert refused[0] == 503
+    assert (b"retry-after", b"3") in refused[1][0]["headers"]
+    assert (bodiless[0], done[0], after[0]) == (200, 200, 200)
+    assert limit.reading == 0
