@@ -38,6 +38,9 @@ def test_bench_bundle_report(bundle, synth_data, tmp_path):
     assert "onnx-int8" in md and "majority baseline" in md and "rank mode" in md and "cold start" in md
     assert (out / "latency_vs_agreement.png").stat().st_size > 1000
     assert report["backends"].keys() == saved["backends"].keys()
+    auto = saved["auto"]  # the gated precision fastest in this bench: what --precision auto picks
+    assert auto["p50_ms"][auto["precision"]] == min(auto["p50_ms"].values())
+    assert {f"onnx-{p}" for p in auto["p50_ms"]} <= set(b) and "`--precision auto` on this machine" in md
 
 
 def test_bench_arch_fixed_length_answers(tmp_path):

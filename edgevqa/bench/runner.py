@@ -222,9 +222,23 @@ def bench_bundle(
         "backends": backends,
         "baseline": baseline,
         "machine": machine(),
+        "auto": auto_pick(bundle, m, backends),
     }
     write_report(out, report)
     return report
+
+
+def auto_pick(bundle: Path, m: Any, backends: dict[str, Any]) -> dict[str, Any] | None:
+    """Which gated CPU precision answers fastest in this bench (p50 of the whole answer): what
+    ``--precision auto`` picks on this machine (it measures its own at first start)."""
+    from edgevqa.runtime import autotune
+
+    p50 = {
+        p: backends[f"onnx-{p}"]["latency_ms"]["p50"]
+        for p in autotune.candidates(bundle, m, "cpu")
+        if f"onnx-{p}" in backends
+    }
+    return {"precision": min(p50, key=p50.get), "p50_ms": p50} if p50 else None
 
 
 def bench_arch(
@@ -506,6 +520,12 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"| majority baseline | {_pct(base['overall'])} | {_pct(base.get('closed'))} | "
         f"{_pct(base.get('open'))} | | | | | | |"
     )
+    if auto := report.get("auto"):
+        rows.append(
+            f"\n`--precision auto` on this machine: {auto['precision']} (the fastest gated precision here, "
+            + ", ".join(f"{p} {ms:.1f} ms" for p, ms in auto["p50_ms"].items())
+            + ")"
+        )
     for name, r in b.items():
         if "follow_up_ms" in r and "rank" in r:
             rk = r["rank"]

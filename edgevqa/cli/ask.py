@@ -48,7 +48,7 @@ def ask(
         bool, typer.Option(help="Closed questions: score the candidates instead of generating.")
     ] = False,
     candidates: Annotated[str, typer.Option(help="Comma-separated candidate answers for --rank.")] = "yes,no",
-    precision: Precision = None,
+    precision: Precision = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON line per question, with timings.")
     ] = False,
@@ -89,6 +89,8 @@ def ask(
     for q, ans in zip(questions, answers):
         if as_json:
             row = {"question": q, **ans.to_json(), "precision": pipe.precision, "backend": pipe.backend}
+            if pipe.auto is not None:  # how --precision auto chose, on this machine
+                row["precision_auto"] = pipe.auto
             typer.echo(json.dumps(row))
         else:
             typer.echo(ans.text if len(questions) == 1 else f"{q}\t{ans.text}")

@@ -29,7 +29,7 @@ def eval_cmd(
     top_k: Annotated[int, typer.Option(help="Sample from the k most likely tokens (0: all).")] = 50,
     top_p: Annotated[float, typer.Option(help="Sample from the smallest set reaching this mass.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed (question i uses (seed, i)).")] = 0,
-    precision: Precision = None,
+    precision: Precision = "auto",
     backend: Backend = "auto",
     threads: Threads = 0,
 ) -> None:

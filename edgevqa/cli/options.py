@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 Bundle = Annotated[Path, typer.Option(help="Bundle folder written by `edgevqa export`.")]
-Precision = Annotated[str | None, typer.Option(help="Precision to run (default: the bundle's).")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="Precision to run: one the bundle ships, or auto: the gated one that answers fastest on "
+        "this machine (measured once, cached per bundle, CPU and versions; TensorRT engines first "
+        "where they run)."
+    ),
+]
 Backend = Annotated[
     str,
     typer.Option(

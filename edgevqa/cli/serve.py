@@ -25,7 +25,7 @@ def serve(
             help="Bearer token required by every route but /healthz and the page (prefer the env var).",
         ),
     ] = None,
-    precision: Precision = None,
+    precision: Precision = "auto",
     backend: Backend = "auto",
     threads: Threads = 0,
     max_queue: Annotated[

@@ -41,7 +41,8 @@ def cache_root() -> Path | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu() -> str:
+def cpu_id() -> str:
+    """This CPU as cache keys need it: architecture, processor and a hash of its feature flags."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((ln for ln in f if ln.startswith("flags")), "")
@@ -50,10 +51,21 @@ def _cpu() -> str:
     return f"{platform.machine()}|{platform.processor()}|{hashlib.sha256(flags.encode()).hexdigest()[:16]}"
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name, as ``lscpu`` shows it (for reports)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.partition(":")[2].strip() or platform.processor() or platform.machine()
+
+
 def entry_key(graph_sha256: str, providers: tuple[str, ...]) -> str:
     import onnxruntime as ort
 
-    raw = "|".join([graph_sha256, ort.__version__, ",".join(providers), _cpu()])
+    raw = "|".join([graph_sha256, ort.__version__, ",".join(providers), cpu_id()])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

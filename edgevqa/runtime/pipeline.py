@@ -80,6 +80,7 @@ class VQAPipeline:
         self._encodings: OrderedDict[str, ImageEncoding] = OrderedDict()
         self._files: OrderedDict[str, str] = OrderedDict()  # sha256 of a file's bytes -> pixel key
         self.image_cache = image_cache
+        self.auto: dict[str, Any] | None = None  # how --precision auto chose (runtime/autotune.py)
         t = manifest.text
         self.options = DecodingOptions(eos_ids=t.eos, pad_id=t.pad_id, max_new_tokens=t.max_answer_tokens)
 
@@ -98,7 +99,9 @@ class VQAPipeline:
         Args:
             bundle: bundle directory written by ``edgevqa export``.
             precision: which shipped precision to run (default: the bundle's default, or its
-                TensorRT engines when ``backend`` is auto and this machine can run them).
+                TensorRT engines when ``backend`` is auto and this machine can run them); ``"auto"``:
+                usable engines, else the gated ONNX precision that answers fastest on this machine,
+                measured once and cached (runtime/autotune.py; the decision is ``pipe.auto``).
             threads: intra-op threads (0: all cores).
             verify: check every file against its sha256 in the manifest first.
             image_cache: how many encoded images to keep for follow-up questions (0: none); each
@@ -113,6 +116,15 @@ class VQAPipeline:
         m = load_manifest(bundle, verify=False)
         spec = registry.for_bundle(m.family)
         precision, backend = choose(m, precision, backend, backends.probe())
+        auto = None
+        if precision == "auto":
+            from edgevqa.runtime import autotune
+
+            def load(p: str) -> VQAPipeline:
+                return cls.from_bundle(bundle, p, threads, verify, 0, backend)
+
+            auto = autotune.choose(bundle, m, backend, threads, load)
+            precision = auto["precision"]
         if verify:
             verify_files(bundle, m, precision)
         sessions = {
@@ -121,9 +133,11 @@ class VQAPipeline:
         }
         if missing := [g.name for g in spec.exported() if g.name not in sessions]:
             raise BundleError(f"bundle has no {', '.join(missing)} graph for precision {precision}")
-        return cls(
+        pipe = cls(
             bundle, m, precision, sessions, QuestionTokenizer(bundle / TOKENIZER), image_cache, backend
         )
+        pipe.auto = auto
+        return pipe
 
     # ------------------------------------------------------------------------------------------
 
@@ -343,16 +357,20 @@ def _teacher_forced_logits(model: Any, first: np.ndarray, state: Any, ids: list[
 
 def choose(m: Manifest, precision: str | None, backend: str, machine: backends.Machine) -> tuple[str, str]:
     """(precision, backend) to run: engines need trt-engine, ONNX graphs an onnxruntime backend."""
-    if precision is not None and precision not in m.precisions:
-        raise BundleError(f"precision {precision!r} is not in this bundle; it has {sorted(m.precisions)}")
+    if precision not in (None, "auto") and precision not in m.precisions:
+        raise BundleError(
+            f"precision {precision!r} is not in this bundle; it has {sorted(m.precisions)} (or auto)"
+        )
     engines = sorted(m.trt)
-    if precision is None and backend in ("auto", "trt-engine") and engines:
+    if precision in (None, "auto") and backend in ("auto", "trt-engine") and engines:
         # engine_mismatch also says why when the machine has no GPU or TensorRT at all
         usable = (
             backend == "trt-engine"
             or backends.engine_mismatch(m.trt[engines[0]]["built_for"], machine) is None
         )
-        precision = engines[0] if usable else None
+        precision = engines[0] if usable else precision
+    if precision == "auto":  # the ONNX precisions, measured once the backend is known
+        return "auto", backends.select(backend, machine, has_engines=False)
     precision = precision or m.default_precision
     if precision in m.trt:
         if backend not in ("auto", "trt-engine"):

@@ -284,6 +284,7 @@ def model_summary(pipeline: Any, settings: ServeSettings) -> dict:
         "schema_version": m.schema_version,
         "manifest_sha256": digest,
         "precision": pipeline.precision,
+        "precision_auto": getattr(pipeline, "auto", None),  # how --precision auto chose, if it did
         "backend": pipeline.backend,
         "precisions": sorted(m.precisions),
         "image_size": [m.image.height, m.image.width],
