@@ -48,10 +48,16 @@ def test_bench_arch_fixed_length_answers(tmp_path):
     from edgevqa.bench.runner import bench_arch
 
     report = bench_arch(
-        "tiny-blip", tmp_path / "arch", repeats=2, answer_tokens=4, precisions=("fp32", "int8")
+        "tiny-blip",
+        tmp_path / "arch",
+        repeats=2,
+        answer_tokens=4,
+        precisions=("fp32", "int8"),
+        compare=("torch-bf16",),
     )
     b = report["backends"]
-    assert set(b) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"}
+    assert b["torch-bf16"]["bytes"] == b["torch-fp32"]["bytes"]  # the same weights, bf16 autocast
     assert b["onnx-fp32"]["token_agreement"] == 1.0  # random weights, yet the same greedy tokens
     assert b["torch-fp32"]["speedup_vs_torch"] == 1.0
     for r in b.values():
@@ -75,7 +81,9 @@ def test_bench_arch_paligemma_prefill_and_steps(tmp_path):
     counts the prefill (image + prompt at once, the LM head on one position) and the steps."""
     from edgevqa.bench.runner import bench_arch
 
-    report = bench_arch("tiny-paligemma", tmp_path / "arch", repeats=2, answer_tokens=4, precisions=("fp32",))
+    report = bench_arch(
+        "tiny-paligemma", tmp_path / "arch", repeats=2, answer_tokens=4, precisions=("fp32",), compare=()
+    )
     b = report["backends"]
     assert set(b) == {"torch-fp32", "onnx-fp32"}
     assert b["onnx-fp32"]["token_agreement"] == 1.0
@@ -107,3 +115,17 @@ def test_bench_targets_are_every_backend_and_precision_the_machine_runs(bundle):
     assert set(t) == {"onnx-fp32", "onnx-int8", "cuda-fp32", "cuda-int8", "trt-fp16"}
     assert t["trt-fp16"]["runtime_backend"] == "trt-engine"
     assert "trt-fp16" not in targets(m, cpu)  # engines only where they were built
+
+
+def test_comparison_rows_are_what_the_machine_runs():
+    from edgevqa.bench.runner import comparisons
+
+    with_ov = type("WithOpenVino", (), {"offers": lambda self, b: b == "openvino"})()
+    without = type("WithoutOpenVino", (), {"offers": lambda self, b: False})()
+    both = ("torch-bf16", "openvino")
+    assert set(comparisons(both, with_ov)) == {"torch-bf16", "openvino-fp32", "openvino-fp32-f32"}
+    assert comparisons(("openvino",), with_ov)["openvino-fp32-f32"]["env"] == {
+        "EDGEVQA_OPENVINO_PRECISION": "f32"
+    }
+    assert set(comparisons(both, without)) == {"torch-bf16"}
+    assert comparisons((), with_ov) == {}

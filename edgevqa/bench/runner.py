@@ -46,6 +46,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """
     with tempfile.TemporaryDirectory(prefix="edgevqa-bench-") as tmp:
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "EDGEVQA_CACHE_DIR": str(Path(tmp) / "ort")}
+        env.update(spec.get("env", {}))  # e.g. OpenVINO's precision for one comparison row
         first = None
         if not spec["backend"].startswith("torch"):
             first = _run_process({**spec, "prime_only": True}, Path(tmp) / "prime", env)
@@ -150,6 +151,50 @@ def targets(m: Any, machine: Any) -> dict[str, dict[str, str]]:
     return out
 
 
+# what `bench --arch` compares besides PyTorch eager fp32 and edgevqa's precisions
+COMPARE = ("torch-bf16", "openvino")
+
+
+def comparisons(compare: tuple[str, ...], machine: Any) -> dict[str, dict[str, Any]]:
+    """Report name -> worker spec of the comparison rows this machine can run: PyTorch with bf16
+    autocast, and OpenVINO compiling the bundle's fp32 graphs at its default precision (bf16 on
+    CPUs with AMX or AVX-512 BF16) and at f32, with edgevqa's decode loop around it."""
+    out: dict[str, dict[str, Any]] = {}
+    if "torch-bf16" in compare:
+        out["torch-bf16"] = {"autocast": "bf16"}
+    if "openvino" in compare and machine.offers("openvino"):
+        out["openvino-fp32"] = {"precision": "fp32", "runtime_backend": "openvino"}
+        out["openvino-fp32-f32"] = {
+            "precision": "fp32",
+            "runtime_backend": "openvino",
+            "env": {"EDGEVQA_OPENVINO_PRECISION": "f32"},
+        }
+    return out
+
+
+def run_rows(
+    rows: dict[str, dict[str, Any]],
+    common: dict[str, Any],
+    bundle: Path,
+    torch_source: dict[str, str],
+    raw: dict[str, Any],
+    sizes: dict[str, int],
+) -> None:
+    """Run each report row in a worker of its own into ``raw`` (its bytes into ``sizes``); a row
+    whose worker fails (killed for memory, ...) is recorded as failed and the others still run."""
+    for name, t in rows.items():
+        if name.startswith("torch"):  # another PyTorch setting of the same weights
+            sizes[name], t = sizes["torch-fp32"], {**t, **torch_source}
+        else:  # with external weights (graphs over 2 GB) a precision's bytes are its whole folder
+            sizes[name] = dir_bytes([f for f in (bundle / t["precision"]).iterdir() if f.is_file()])
+            t = {**t, "bundle": str(bundle)}
+        try:
+            raw[name] = run_worker({**common, **t, "backend": name})
+        except WorkerFailed as e:
+            log.warning("%s", e)
+            raw[name] = {"failed": str(e).splitlines()[0]}
+
+
 def bench_bundle(
     bundle: Path, data: Path, out: Path, run: Path | None = None, limit: int = 0
 ) -> dict[str, Any]:
@@ -180,14 +225,7 @@ def bench_bundle(
     backends: dict[str, Any] = {}
     raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "run": str(run)})}
     sizes = {"torch-fp32": torch_bytes(run)}
-    for name, t in targets(m, probe()).items():
-        # with external weights (graphs over 2 GB) a precision's bytes are its whole folder
-        sizes[name] = dir_bytes([f for f in (bundle / t["precision"]).iterdir() if f.is_file()])
-        try:
-            raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
-        except WorkerFailed as e:  # the others still run: one precision too large is a result
-            log.warning("%s", e)
-            raw[name] = {"failed": str(e).splitlines()[0]}
+    run_rows(targets(m, probe()), common, bundle, {"run": str(run)}, raw, sizes)
     torch_answers = raw["torch-fp32"]["answers"]
     for name, r in raw.items():
         backends[name] = {
@@ -248,9 +286,11 @@ def bench_arch(
     answer_tokens: int = 8,
     question_tokens: int = 12,
     precisions: tuple[str, ...] = ("fp32", "int8", "int4"),
+    compare: tuple[str, ...] = COMPARE,
 ) -> dict[str, Any]:
     """A random-weight ``arch`` (blip-vqa-base: full size), exported here: PyTorch eager fp32 vs
-    each ONNX precision on one image and one question, answers of exactly ``answer_tokens``."""
+    each ONNX precision on one image and one question, answers of exactly ``answer_tokens``; and
+    the ``compare`` rows this machine runs (``comparisons``)."""
     from edgevqa.data.synth import vocabulary
 
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +298,7 @@ def bench_arch(
     with tempfile.TemporaryDirectory(prefix=".arch-work-", dir=out) as tmp:
         work = Path(tmp)
         raw, sizes = _measure_arch(
-            arch, work, precisions, list(vocabulary()), repeats, answer_tokens, question_tokens
+            arch, work, precisions, list(vocabulary()), repeats, answer_tokens, question_tokens, compare
         )
         uses = arch_uses(arch, question_tokens, answer_tokens)
         floors = matmul_floors(work / "bundle" / "fp32", uses, precisions, work / "floor")
@@ -315,6 +355,7 @@ def _measure_arch(
     repeats: int,
     answer_tokens: int,
     question_tokens: int,
+    compare: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, int]]:
     model_dir, bundle = work / "model", work / "bundle"
     image, question = build_arch_bundle(
@@ -332,14 +373,8 @@ def _measure_arch(
     raw = {"torch-fp32": run_worker({**common, "backend": "torch-fp32", "model_dir": str(model_dir)})}
     m = load_manifest(bundle, verify=False)
     sizes = {"torch-fp32": dir_bytes(sorted(model_dir.glob("*.safetensors")))}  # large models: shards
-    for name, t in targets(m, probe()).items():
-        # with external weights (graphs over 2 GB) a precision's bytes are its whole folder
-        sizes[name] = dir_bytes([f for f in (bundle / t["precision"]).iterdir() if f.is_file()])
-        try:
-            raw[name] = run_worker({**common, **t, "backend": name, "bundle": str(bundle)})
-        except WorkerFailed as e:  # the others still run: one precision too large is a result
-            log.warning("%s", e)
-            raw[name] = {"failed": str(e).splitlines()[0]}
+    rows = {**targets(m, probe()), **comparisons(compare, probe())}
+    run_rows(rows, common, bundle, {"model_dir": str(model_dir)}, raw, sizes)
     return raw, sizes
 
 

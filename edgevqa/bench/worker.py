@@ -15,6 +15,7 @@ Latency is one whole answer: image file -> preprocessing -> graphs/model -> text
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -130,9 +131,14 @@ def torch_answerer(spec: dict[str, Any]):
     loaded.model.eval()
     fam = registry.side(loaded.family, "train")
 
+    # torch-bf16: what a PyTorch user gets from autocast on a CPU with bf16 (AMX / AVX-512 BF16)
+    bf16 = spec.get("autocast") == "bf16"
+
     def answer(image: str, question: str) -> tuple[str, list[int], dict[str, float]]:
         t0, streamer = time.perf_counter(), TokenTimes()
-        text, ids = fam.answer(loaded, preprocess(load_image(image), loaded.image), question, spec, streamer)
+        pixels = preprocess(load_image(image), loaded.image)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            text, ids = fam.answer(loaded, pixels, question, spec, streamer)
         return text, ids, streamer.timings(t0)
 
     return answer, None  # generate() has neither image-encoding reuse nor a rank mode to measure

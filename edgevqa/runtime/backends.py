@@ -10,6 +10,8 @@ refusing an engine built elsewhere are plain functions, tested without a GPU.
               caches TensorRT engines from the ONNX graphs itself, on first use.
 * trt-engine: the bundle's own engines (`edgevqa export --trt`), run with the tensorrt API; they
               load only on the GPU model and TensorRT version they were built with.
+* openvino:   OpenVINO compiling the bundle's ONNX graphs for the CPU (runtime/openvino.py; the
+              openvino extra). Its default precision is bf16 on CPUs that have it: opt-in only.
 auto = the first of trt-engine, tensorrt, cuda, cpu that the bundle and the machine allow.
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from edgevqa.errors import BundleError, InputError
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-engine")
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-engine", "openvino")
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -34,6 +36,7 @@ _NEEDS = {
     "cuda": "onnxruntime-gpu and a CUDA GPU (pip uninstall onnxruntime; pip install onnxruntime-gpu)",
     "tensorrt": "onnxruntime-gpu built with TensorRT, TensorRT itself and a CUDA GPU",
     "trt-engine": "TensorRT, cuda-python and a CUDA GPU (pip install tensorrt cuda-python)",
+    "openvino": "OpenVINO (pip install 'edgevqa[openvino]')",
 }
 
 
@@ -56,6 +59,8 @@ class Machine:
             return PROVIDERS[backend] in self.ort_providers
         if backend == "trt-engine":
             return self.tensorrt_version is not None and self.gpu is not None
+        if backend == "openvino":
+            return importlib.util.find_spec("openvino") is not None
         raise InputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 

@@ -398,6 +398,10 @@ def _load_graph(
             from edgevqa.runtime.trt import TrtGraph
 
             graph = TrtGraph(path)
+        elif backend == "openvino":
+            from edgevqa.runtime.openvino import OpenVinoGraph
+
+            graph = OpenVinoGraph(path, threads)
         else:
             # only a verified graph goes through the optimized-graph cache (CPU only)
             sha = m.files.get(m.precisions[precision][name], {}).get("sha256") if verify else None

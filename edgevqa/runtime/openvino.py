@@ -1,0 +1,70 @@
+"""OpenVINO reading a bundle's ONNX graphs (``--backend openvino``; the ``openvino`` extra).
+
+OpenVINO compiles the same ONNX files onnxruntime runs, behind the same small interface the
+runtime uses (``run``, ``get_inputs``, ``get_outputs``), so every family, the decode loop and the
+caches work unchanged. Its CPU plugin runs at its own default inference precision: **bf16** on CPUs
+with AMX or AVX-512 BF16, which changes the numbers (on this project's test bundles answers can
+differ from PyTorch's). So the backend is never chosen by ``--backend auto`` or ``--precision
+auto``; a user opts in, and ``EDGEVQA_OPENVINO_PRECISION=f32`` keeps fp32 numerics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevqa.errors import InputError
+
+PRECISION_ENV = "EDGEVQA_OPENVINO_PRECISION"  # f32, bf16 or f16; unset: OpenVINO's default here
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    shape: list  # ints where static, strings where dynamic (as onnxruntime reports them)
+
+
+def _ports(ports: Any) -> list[Port]:
+    out = []
+    for p in ports:
+        shape = [int(d.get_length()) if d.is_static else f"d{i}" for i, d in enumerate(p.get_partial_shape())]
+        out.append(Port(p.get_any_name(), shape))
+    return out
+
+
+class OpenVinoGraph:
+    """One ONNX graph compiled by OpenVINO for the CPU, run like an onnxruntime session."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise InputError("--backend openvino needs OpenVINO: pip install 'edgevqa[openvino]'") from None
+        core = ov.Core()
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if want := os.environ.get(PRECISION_ENV, ""):
+            if want not in ("f32", "bf16", "f16"):
+                raise InputError(f"{PRECISION_ENV} must be f32, bf16 or f16, got {want!r}")
+            config["INFERENCE_PRECISION_HINT"] = want
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # "f32", "bf16"
+        self.request = self.compiled.create_infer_request()
+        self._inputs, self._outputs = _ports(self.compiled.inputs), _ports(self.compiled.outputs)
+
+    def get_inputs(self) -> list[Port]:
+        return self._inputs
+
+    def get_outputs(self) -> list[Port]:
+        return self._outputs
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        by_name = {p.get_any_name(): np.array(v) for p, v in result.items()}
+        return [by_name[n] for n in (output_names or [o.name for o in self._outputs])]
