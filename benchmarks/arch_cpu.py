@@ -1,7 +1,9 @@
 """A full-size architecture (random weights) on this machine: PyTorch eager fp32 vs ONNX fp32 /
 int8 / int4, one image, a 12-token question, answers of exactly 8 tokens, each backend in its own
 process, 10 timed answers after warm-up; a further question about the same image; the matmul
-floor of each precision.
+floor of each precision beside each answer's own stages; and, with --compare (default both),
+PyTorch bf16 autocast and OpenVINO compiling the bundle's fp32 graphs at its default precision
+and at f32 (where OpenVINO is installed), with edgevqa's decode loop.
 
 Why: accuracy needs trained weights, but speed and memory do not; this shows a user what the real
 model costs on their own workstation before they train anything.
@@ -18,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edgevqa.bench.runner import bench_arch, markdown_table
+from edgevqa.bench.runner import COMPARE, bench_arch, markdown_table
 
 
 def main() -> None:
@@ -29,9 +31,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/ARCH")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--answer-tokens", type=int, default=8)
+    ap.add_argument("--compare", default=",".join(COMPARE), help="torch-bf16,openvino (or '' for none)")
     args = ap.parse_args()
     out = args.out or Path("benchmarks/results") / args.arch
-    report = bench_arch(args.arch, out, repeats=args.repeats, answer_tokens=args.answer_tokens)
+    compare = tuple(c for c in args.compare.split(",") if c)
+    report = bench_arch(
+        args.arch, out, repeats=args.repeats, answer_tokens=args.answer_tokens, compare=compare
+    )
     print(markdown_table(report))
     print(json.dumps(report, separators=(",", ":")))
 

@@ -65,6 +65,9 @@ def test_bench_arch_fixed_length_answers(tmp_path):
     for name in ("onnx-fp32", "onnx-int8"):  # a further question reuses the image encoding
         assert b[name]["follow_up_ms"]["n"] == 2 and b[name]["follow_up_speedup_vs_torch"] > 0
     assert "follow_up_ms" not in b["torch-fp32"]
+    for name in ("onnx-fp32", "onnx-int8"):  # the runtime's split of each answer, beside the floor
+        assert {"vision_ms", "question_ms", "decode_ms"} <= set(b[name]["stages_ms"])
+        assert sum(b[name]["stages_ms"].values()) <= b[name]["latency_ms"]["p50"] * 1.5
     floors = report["matmul_floor"]  # the weight matmuls alone, per CPU precision
     assert set(floors) == {"fp32", "int8"}
     for f in floors.values():

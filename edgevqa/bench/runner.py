@@ -326,6 +326,8 @@ def bench_arch(
         for key in ("first_token_ms", "ms_per_token"):  # inside each answer: TTFT, then per token
             if r.get(key):
                 backends[name][key] = latency_stats(r[key])
+        if r.get("stages_ms"):  # where an answer's time goes, to set beside the matmul floor's graphs
+            backends[name]["stages_ms"] = {k: latency_stats(v)["p50"] for k, v in r["stages_ms"].items()}
         if r.get("follow_up_ms"):  # a second question about the same image: encoding reused
             fu = latency_stats(r["follow_up_ms"])
             backends[name]["follow_up_ms"] = fu
@@ -530,13 +532,21 @@ def markdown_table(report: dict[str, Any]) -> str:
                 "\nMatmul floor: the bundle's weight matmuls alone, quantized as the precision, each "
                 "graph's timed on this machine at the rows of one answer (fastest of several runs), times "
                 "its calls per answer. Attention, normalization and activations are not counted, so an "
-                "answer with these weights takes longer than this here.\n\n"
-                "| precision | floor ms | at most x faster than torch |\n|---|---|---|"
+                "answer with these weights takes longer than this here. Beside it, the onnx answer's own "
+                "p50 and its stages as the runtime times them.\n\n"
+                "| precision | floor ms | at most x faster than torch | answer p50 ms | answer / floor | "
+                "floor by graph ms | answer stages p50 ms |\n|---|---|---|---|---|---|---|"
             )
-            rows += [
-                f"| {p} | {f['ms']:.1f} | {f['max_speedup_vs_torch']:.2f}x |"
-                for p, f in report["matmul_floor"].items()
-            ]
+            for p, f in report["matmul_floor"].items():
+                r = b.get(f"onnx-{p}", {})
+                p50 = r.get("latency_ms", {}).get("p50")
+                graphs = ", ".join(f"{g} {x['ms']:.1f}" for g, x in f["by_graph"].items())
+                stages = ", ".join(
+                    f"{k.removesuffix('_ms')} {v:.1f}" for k, v in r.get("stages_ms", {}).items()
+                )
+                answer = f"{p50:.1f} | {p50 / f['ms']:.2f}x" if p50 else "- | -"
+                most = f"{f['max_speedup_vs_torch']:.2f}x"
+                rows.append(f"| {p} | {f['ms']:.1f} | {most} | {answer} | {graphs} | {stages} |")
         return "\n".join(rows)
     rows = [
         "| backend | overall | closed | open | agreement | p50 ms | p95 ms | cold start s | peak RSS MB | "

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+STAGES = ("preprocess_ms", "vision_ms", "question_ms", "decode_ms")
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory.
@@ -155,6 +157,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     for i in range(spec.get("warmup", 2)):
         answer(*items[i % len(items)])
     texts, ids, lat, first, per_token = [], [], [], [], []
+    stages: dict[str, list[float]] = {}  # the runtime's own split of each answer (vision, question, decode)
     for _ in range(spec.get("repeats", 1)):
         for image, question in items:
             s = time.perf_counter()
@@ -163,10 +166,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             texts.append(text)
             ids.append(seq)
             first += [timings["first_token_ms"]] if "first_token_ms" in timings else []
+            for key in STAGES:
+                if key in timings:
+                    stages.setdefault(key, []).append(timings[key])
             per_token += [timings["ms_per_token"]] if "ms_per_token" in timings else []
     n = len(items)
     out = {"answers": texts[:n], "token_ids": ids[:n], "latency_ms": lat, "first_answer_s": load_s}
-    out.update(first_token_ms=first, ms_per_token=per_token)
+    out.update(first_token_ms=first, ms_per_token=per_token, stages_ms=stages)
     if extras is not None and spec.get("follow_up_groups"):
         out["follow_up_ms"] = extras["follow_ups"](spec["follow_up_groups"])
     if extras is not None and spec.get("rank_items"):
