@@ -86,9 +86,14 @@ def test_bad_questions_and_bundles(tmp_path, bundle, good_image):
     assert_user_error(ask(tmp_path, str(good_image), "what?", "--model", str(tmp_path / "none")), "not found")
     tampered = tmp_path / "tampered"
     shutil.copytree(bundle, tampered)
-    with open(tampered / "fp32" / "vision_encoder.onnx", "ab") as f:
-        f.write(b"\0")
+    for graph in tampered.glob("*/vision_encoder.onnx"):  # whichever precision auto picks
+        with open(graph, "ab") as f:
+            f.write(b"\0")
     assert_user_error(ask(tmp_path, str(good_image), "what?", "--model", str(tampered)), "sha256")
+    for p in ("fp32", "int8"):
+        assert_user_error(
+            ask(tmp_path, str(good_image), "what?", "--model", str(tampered), "--precision", p), "sha256"
+        )
     assert_user_error(
         ask(tmp_path, str(good_image), "what?", "--model", str(bundle), "--precision", "fp16"), "fp16"
     )

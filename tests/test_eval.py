@@ -44,6 +44,8 @@ def evals(tmp_path_factory, lora_run, bundle, synth_data):
         str(out / "bundle"),
         "--backend",
         "cpu",
+        "--precision",
+        "fp32",  # what the export's fidelity compares with PyTorch (auto would pick by speed)
         block_torch=True,
     )
     assert run.returncode == 0, run.stderr[-3000:]
