@@ -26,10 +26,11 @@ from torch import nn
 
 from edgevqa import bundle
 from edgevqa.errors import InputError
+from edgevqa.export import causal_lm
+from edgevqa.export.causal_lm import causal_bias, prefix_bias
 from edgevqa.families.paligemma import SPEC
 from edgevqa.train.base import Loaded
 
-NEG = torch.finfo(torch.float32).min  # what transformers adds where a query may not attend
 TEXT_TYPES = ("gemma", "gemma2")  # PaliGemma 1 and 2; Gemma 3's q/k norms are not written out here
 # sizes the graphs are traced at: T > 1 and P > 0 keep the mask and the cache general, and no two
 # axes share a size, so the tracer cannot tie them (picked is 2 in every dummy)
@@ -70,69 +71,14 @@ class EmbedTokens(nn.Module):
         return self.embed(input_ids)
 
 
-class DecoderStep(nn.Module):
-    """One decoder call: T new tokens on a cache of P, logits at the picked positions only."""
+class DecoderStep(causal_lm.Decoder):
+    """One decoder call over Gemma (or Gemma 2): T new tokens on a cache of P, logits at the
+    picked positions only (edgevqa/export/causal_lm.py)."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb, repeat_kv
-
-        lm, cfg, s = _lm(model), model.config.text_config, decoder_shape(model)
-        check_text_model(cfg, s["num_image_tokens"] + 2)  # at least the image, bos and "\n"
-        self.layers, self.norm, self.rotary_emb = lm.layers, lm.norm, lm.rotary_emb
-        self.apply_rope, self.repeat_kv = apply_rotary_pos_emb, repeat_kv
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, s["num_kv_heads"], s["head_dim"]
-        self.final_cap = getattr(cfg, "final_logit_softcapping", None)
-        # the LM head is tied to the embedding; as a transposed constant of its own the int8 and
-        # int4 quantizers see a plain weight instead of a Transpose of the Gather's table
-        head = model.lm_head.weight.detach().t().contiguous()
-        self.lm_weight = nn.Parameter(head, requires_grad=False)
-
-    def attend(self, attn: nn.Module, x, cos, sin, past: tuple | None, bias: torch.Tensor):
-        b, t, _ = x.shape
-        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = self.apply_rope(q, k, cos, sin)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        rep = self.n_heads // self.n_kv
-        scores = torch.matmul(q, self.repeat_kv(k, rep).transpose(2, 3)) * attn.scaling
-        cap = getattr(attn, "attn_logit_softcapping", None)  # Gemma 2: capped before the mask
-        if cap is not None:
-            scores = torch.tanh(scores / cap) * cap
-        probs = torch.softmax(scores + bias, dim=-1, dtype=torch.float32).to(q.dtype)
-        ctx = torch.matmul(probs, self.repeat_kv(v, rep)).transpose(1, 2).reshape(b, t, -1)
-        return attn.o_proj(ctx), k, v
-
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        attention_bias: torch.Tensor,
-        position_ids: torch.Tensor,
-        logit_positions: torch.Tensor,
-        past_key: torch.Tensor | None = None,
-        past_value: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = inputs_embeds
-        cos, sin = self.rotary_emb(x, position_ids)
-        keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            past = None if past_key is None else (past_key[i], past_value[i])
-            h, k, v = self.attend(layer.self_attn, layer.input_layernorm(x), cos, sin, past, attention_bias)
-            keys.append(k)
-            values.append(v)
-            if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2: norms after attention and MLP
-                x = x + layer.post_attention_layernorm(h)
-                x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
-            else:
-                x = x + h
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
-        picked = torch.gather(x, 1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
-        logits = torch.matmul(self.norm(picked), self.lm_weight)
-        if self.final_cap is not None:
-            logits = torch.tanh(logits / self.final_cap) * self.final_cap
-        return logits, torch.stack(keys), torch.stack(values)
+        s = decoder_shape(model)
+        check_text_model(model.config.text_config, s["num_image_tokens"] + 2)  # image, bos, "\n"
+        super().__init__(_lm(model), model.config.text_config, model.lm_head.weight)
 
 
 class DecoderFirst(DecoderStep):
@@ -151,24 +97,8 @@ WRAPPERS: dict[str, type[nn.Module]] = {
 
 
 def check_text_model(cfg: Any, positions: int) -> None:
-    """Refuse what the decoder graph does not reproduce: another text model, a RoPE whose tables
-    change with the length, or a sliding window shorter than the sequences it must see whole
-    (transformers masks keys further back than the window on Gemma 2's sliding layers)."""
-    if cfg.model_type not in TEXT_TYPES:
-        raise InputError(
-            f"PaliGemma with a {cfg.model_type!r} text model is not exported by edgevqa "
-            f"(it exports {', '.join(TEXT_TYPES)})"
-        )
-    rope = str((getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default"))
-    if "dynamic" in rope or "longrope" in rope:
-        raise InputError(f"rope type {rope!r} is not exported by edgevqa (static RoPE only)")
-    window = getattr(cfg, "sliding_window", None)
-    sliding = "sliding_attention" in (getattr(cfg, "layer_types", None) or ())
-    if window is not None and sliding and positions > window:
-        raise InputError(
-            f"the text model's sliding window ({window} tokens) is shorter than the {positions} "
-            "positions of a prompt and its answer; edgevqa's decoder graph attends to all of them"
-        )
+    """Refuse a text model the decoder graph does not reproduce (causal_lm.check_text_model)."""
+    causal_lm.check_text_model(cfg, positions, TEXT_TYPES, "PaliGemma")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,17 +117,6 @@ def decoder_shape(model: Any) -> dict[str, int]:
         "vocab_size": tc.vocab_size,
         "num_image_tokens": (vc.image_size // vc.patch_size) ** 2,
     }
-
-
-def prefix_bias(rows: int, t: int) -> torch.Tensor:
-    """The prefill's mask: every prefix token sees every other (image + prompt, bidirectional)."""
-    return torch.zeros(rows, 1, t, t)
-
-
-def causal_bias(rows: int, t: int, past: int) -> torch.Tensor:
-    """New token i (absolute position past+i) sees the cache and the new tokens up to itself."""
-    allowed = torch.arange(past + t)[None, :] <= past + torch.arange(t)[:, None]
-    return torch.where(allowed, 0.0, NEG).expand(rows, 1, t, past + t).contiguous()
 
 
 def dummy_inputs(

@@ -16,7 +16,6 @@ the answer tokens carry the loss (token_type_ids 1, as the processor's ``suffix`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,10 @@ from edgevqa.config import TrainConfig
 from edgevqa.demo import Stage
 from edgevqa.errors import InputError
 from edgevqa.families import registry
-from edgevqa.train import infer, lora
+from edgevqa.train import lora, prefix_lm
 from edgevqa.train.base import PIL_CODE, Generated, Loaded, image_spec_of, resolve_model_dir
 from edgevqa.train.data import ImageCache, pad
+from edgevqa.train.prefix_lm import Encoded, cut_at_eos, eos_ids  # noqa: F401 (the family's API)
 from edgevqa.train.tokenizer import as_saved
 
 FAMILY = "paligemma"
@@ -269,29 +269,8 @@ def image_tokens(model: Any) -> int:
     return (v.image_size // v.patch_size) ** 2
 
 
-def eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id generate() stops on (the generation config may list several)."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
-    return eos or [tokenizer.eos_token_id]
-
-
 # ---------------------------------------------------------------------------------------------
 # tensors
-
-
-@dataclass
-class Encoded:
-    """A split, tokenized once: prompt ids as the processor builds them, answer ids + eos."""
-
-    records: list
-    image_paths: list[Path]
-    prompt_ids: list[list[int]]
-    answer_ids: list[list[int]]
-
-    def subset(self, idx: Any) -> Encoded:
-        fields = (self.records, self.image_paths, self.prompt_ids, self.answer_ids)
-        return Encoded(*([f[i] for i in idx] for f in fields))
 
 
 def prompt_string(question: str, template: str, n_image: int, tokenizer: Any) -> str:
@@ -347,6 +326,13 @@ def teacher_forced_logits(model: Any, batch: dict[str, Any]) -> Any:
 # generate: the reference
 
 
+def _types(prompt: Any) -> dict[str, Any]:
+    """generate() as a user runs it: the prompt's token_type_ids all 0 (the bidirectional prefix)."""
+    import torch
+
+    return {"token_type_ids": torch.zeros_like(prompt)}
+
+
 def generate_answers(
     model: Any,
     tokenizer: Any,
@@ -356,91 +342,29 @@ def generate_answers(
     batch_size: int = 16,
     progress: bool = False,
 ) -> Generated:
-    """Greedy answers from ``model.generate`` as a user runs it (token_type_ids of the prompt all
-    0): batches hold prompts of one length only, so no padding changes an answer."""
-    import torch
-    from tqdm.auto import tqdm
-
-    batches = infer.length_batches([len(p) for p in enc.prompt_ids], batch_size)
-    texts, ids = [""] * len(enc.records), [[] for _ in enc.records]
-    eos = eos_ids(model, tokenizer)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for idx in tqdm(batches, desc="pytorch generate", disable=not progress, leave=False):
-            prompt = torch.tensor([enc.prompt_ids[i] for i in idx], device=device)
-            pixels = torch.from_numpy(np.stack([images.get(enc.image_paths[i]) for i in idx])).to(device)
-            out = model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                token_type_ids=torch.zeros_like(prompt),
-                pixel_values=pixels,
-                max_new_tokens=max_answer_tokens,
-                do_sample=False,
-                num_beams=1,
-            )
-            for i, seq in zip(idx, out[:, prompt.shape[1] :].tolist()):
-                ids[i] = cut_at_eos(seq, eos)
-                texts[i] = tokenizer.decode(ids[i], skip_special_tokens=True).strip()
-    model.train(was_training)
-    return Generated(texts, ids)
-
-
-def cut_at_eos(seq: list[int], eos: list[int]) -> list[int]:
-    """Generated ids up to and including the first eos (generate pads after it)."""
-    for j, t in enumerate(seq):
-        if t in eos:
-            return seq[: j + 1]
-    return seq
+    """Greedy answers from ``model.generate`` as a user runs it (train/prefix_lm.py)."""
+    return prefix_lm.generate_answers(
+        model, tokenizer, enc, images, max_answer_tokens, batch_size, progress, extra=_types
+    )
 
 
 def answer(
     loaded: Loaded, pixels: Any, question: str, spec: dict[str, Any], streamer: Any = None
 ) -> tuple[str, list[int]]:
-    """One greedy answer with ``generate`` (the bench's PyTorch side): text and answer ids;
-    ``streamer`` (a transformers streamer) sees each token as it is generated."""
-    import torch
-
+    """One greedy answer with ``generate`` (the bench's PyTorch side): text and answer ids."""
     model, tok = loaded.model, loaded.tokenizer
     prompt = prompt_string(question, prompt_of(loaded), image_tokens(model), tok)
-    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            token_type_ids=torch.zeros_like(ids),
-            pixel_values=torch.from_numpy(pixels),
-            max_new_tokens=spec["max_new_tokens"],
-            min_new_tokens=spec.get("min_new_tokens", 0),
-            do_sample=False,
-            num_beams=1,
-            streamer=streamer,
-        )
-    seq = cut_at_eos(out[0, ids.shape[1] :].tolist(), eos_ids(model, tok))
-    return tok.decode(seq, skip_special_tokens=True).strip(), seq
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    return prefix_lm.answer(model, tok, ids, pixels, spec, streamer, extra=_types)
 
 
 def sample_answers(
     loaded: Loaded, enc: Encoded, images: ImageCache, i: int, n: int, sampling: Any, cfg: TrainConfig
 ) -> list[str]:
     """``n`` answers to question ``i`` sampled by ``generate`` (temperature / top-k / top-p)."""
-    import torch
-
-    model, tok = loaded.model, loaded.tokenizer
-    prompt = torch.tensor([enc.prompt_ids[i]])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            token_type_ids=torch.zeros_like(prompt),
-            pixel_values=torch.from_numpy(images.get(enc.image_paths[i]))[None],
-            max_new_tokens=cfg.max_answer_tokens,
-            **infer.sampling_kwargs(sampling, n),
-        )
-    eos = eos_ids(model, tok)
-    seqs = [cut_at_eos(s, eos) for s in out[:, prompt.shape[1] :].tolist()]
-    return [tok.decode(s, skip_special_tokens=True).strip() for s in seqs]
+    return prefix_lm.sample_answers(
+        loaded.model, loaded.tokenizer, enc, images, i, n, sampling, cfg.max_answer_tokens, extra=_types
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""The decoder graph every prefix-LM family exports: a causal LM written out layer by layer over
+``inputs_embeds`` (Llama-shaped layers: Gemma, Gemma 2, Llama, Qwen 2, Mistral), instead of
+tracing transformers' Cache objects. The KV cache is two stacked tensors [layers, batch, kv heads,
+past, head_dim] the runtime passes back in; the attention mask comes in as an additive bias the
+runtime builds (edgevqa/families/prefix_lm.py). Gemma 2's extra norms, query scale and soft-caps
+are read from the modules and config, never from a model name.
+
+Example:
+    >>> step = Decoder(lm.model, lm.config, lm.lm_head.weight)   # doctest: +SKIP
+    >>> logits, k, v = step(embeds, causal_bias(1, 4, 0), positions, picked)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgevqa.errors import InputError
+
+NEG = torch.finfo(torch.float32).min  # what transformers adds where a query may not attend
+
+
+class Decoder(nn.Module):
+    """One decoder call: T new tokens on a cache of P, logits at the picked positions only.
+
+    Args:
+        lm: the decoder stack (``layers``, ``norm``, ``rotary_emb``), e.g. ``LlamaModel``.
+        cfg: its text config.
+        head: the LM head's weight [V, D] (tied or not).
+    """
+
+    def __init__(self, lm: nn.Module, cfg: Any, head: torch.Tensor):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+        self.layers, self.norm, self.rotary_emb = lm.layers, lm.norm, lm.rotary_emb
+        self.apply_rope, self.repeat_kv = apply_rotary_pos_emb, repeat_kv
+        self.n_heads, self.n_kv = cfg.num_attention_heads, kv_heads(cfg)
+        self.head_dim = head_dim(cfg)
+        self.final_cap = getattr(cfg, "final_logit_softcapping", None)
+        # as a transposed constant of its own the int8 and int4 quantizers see a plain weight
+        # instead of a Transpose of the embedding's table (the head is often tied to it)
+        self.lm_weight = nn.Parameter(head.detach().t().contiguous(), requires_grad=False)
+
+    def attend(self, attn: nn.Module, x, cos, sin, past: tuple | None, bias: torch.Tensor):
+        b, t, _ = x.shape
+        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = self.apply_rope(q, k, cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        rep = self.n_heads // self.n_kv
+        scores = torch.matmul(q, self.repeat_kv(k, rep).transpose(2, 3)) * attn.scaling
+        cap = getattr(attn, "attn_logit_softcapping", None)  # Gemma 2: capped before the mask
+        if cap is not None:
+            scores = torch.tanh(scores / cap) * cap
+        probs = torch.softmax(scores + bias, dim=-1, dtype=torch.float32).to(q.dtype)
+        ctx = torch.matmul(probs, self.repeat_kv(v, rep)).transpose(1, 2).reshape(b, t, -1)
+        return attn.o_proj(ctx), k, v
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_bias: torch.Tensor,
+        position_ids: torch.Tensor,
+        logit_positions: torch.Tensor,
+        past_key: torch.Tensor | None = None,
+        past_value: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = inputs_embeds
+        cos, sin = self.rotary_emb(x, position_ids)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            past = None if past_key is None else (past_key[i], past_value[i])
+            h, k, v = self.attend(layer.self_attn, layer.input_layernorm(x), cos, sin, past, attention_bias)
+            keys.append(k)
+            values.append(v)
+            if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2: norms after attention and MLP
+                x = x + layer.post_attention_layernorm(h)
+                x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+            else:
+                x = x + h
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+        picked = torch.gather(x, 1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
+        logits = torch.matmul(self.norm(picked), self.lm_weight)
+        if self.final_cap is not None:
+            logits = torch.tanh(logits / self.final_cap) * self.final_cap
+        return logits, torch.stack(keys), torch.stack(values)
+
+
+def kv_heads(cfg: Any) -> int:
+    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+
+def head_dim(cfg: Any) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def check_text_model(cfg: Any, positions: int, types: tuple[str, ...], what: str) -> None:
+    """Refuse what the decoder graph does not reproduce: another text model, a RoPE whose tables
+    change with the length, or a sliding window shorter than the sequences it must see whole
+    (transformers masks keys further back than the window on sliding layers).
+
+    Raises:
+        InputError: one line naming the model and what edgevqa exports instead.
+    """
+    if cfg.model_type not in types:
+        raise InputError(
+            f"{what} with a {cfg.model_type!r} text model is not exported by edgevqa "
+            f"(it exports {', '.join(types)})"
+        )
+    rope = str((getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default"))
+    if "dynamic" in rope or "longrope" in rope:
+        raise InputError(f"rope type {rope!r} is not exported by edgevqa (static RoPE only)")
+    window = getattr(cfg, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(cfg, "layer_types", None) or ())
+    if window is not None and sliding and positions > window:
+        raise InputError(
+            f"the text model's sliding window ({window} tokens) is shorter than the {positions} "
+            "positions of a prompt and its answer; edgevqa's decoder graph attends to all of them"
+        )
+
+
+def prefix_bias(rows: int, t: int) -> torch.Tensor:
+    """A bidirectional prefill's mask: every token sees every other."""
+    return torch.zeros(rows, 1, t, t)
+
+
+def causal_bias(rows: int, t: int, past: int) -> torch.Tensor:
+    """New token i (absolute position past+i) sees the cache and the new tokens up to itself."""
+    allowed = torch.arange(past + t)[None, :] <= past + torch.arange(t)[:, None]
+    return torch.where(allowed, 0.0, NEG).expand(rows, 1, t, past + t).contiguous()
