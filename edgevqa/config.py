@@ -17,8 +17,11 @@ from edgevqa.errors import InputError
 PRECISIONS = ("fp32", "int8", "fp16", "int8-static", "int4")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # Training recipes; their default settings live in edgevqa/train/recipes.py (torch-free).
-RECIPES = ("default", "vqa", "dapt", "dapt-sd", "caption", "projector", "lora")
-CAPTION_RECIPES = ("dapt", "dapt-sd", "caption")  # these read {split}.captions.jsonl
+RECIPES = (
+    "default", "vqa", "dapt", "dapt-sd", "caption", "projector", "lora", "qformer-caption", "qformer-vqa",
+)  # fmt: skip
+# these read {split}.captions.jsonl
+CAPTION_RECIPES = ("dapt", "dapt-sd", "caption", "qformer-caption")
 TRAIN_PARTS = ("full", "decoder", "encoder")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -29,13 +32,13 @@ class TrainConfig:
     """default, vqa, dapt, dapt-sd or caption: which objective the loop optimises. A recipe's default
     settings are applied by ``edgevqa.train.recipes.config_for`` (and the CLI), not by this field."""
     base: str = "tiny-blip"
-    """Preset (tiny-blip, tiny-paligemma), Hugging Face id (Salesforce/blip-vqa-base,
-    google/paligemma-3b-pt-224), local model folder or previous RUN."""
+    """Preset (tiny-blip, tiny-paligemma, tiny-qformer), Hugging Face id (Salesforce/blip-vqa-base,
+    google/paligemma-3b-pt-224, a BLIP-2 id), local model folder or previous RUN."""
     family: str = ""
-    """The model family of the base (blip-vqa, paligemma); found from the base when training starts."""
+    """The model family of the base (blip-vqa, paligemma, qformer); found from the base at the start."""
     prompt: str = ""
     """Prefix-LM families: the prompt template around the question, with a literal {question}
-    (default: the family's, PaliGemma "answer en {question}")."""
+    (default: the family's, PaliGemma "answer en {question}", BLIP-2 "Question: {question} Answer:")."""
     init: str = ""
     """A previous RUN (any recipe) whose model/ starts this run: chains dapt -> vqa. Becomes the base."""
     data: str = ""
@@ -106,7 +109,10 @@ class TrainConfig:
                 self.train_part == "full" or self.recipe == "caption",
                 "`--train` applies to --recipe caption only",
             ),
-            (not (self.lora and captions), "`--lora` works with --recipe default or vqa only"),
+            (
+                not (self.lora and captions and self.recipe != "qformer-caption"),
+                "`--lora` does not apply to the dapt, dapt-sd and caption recipes",
+            ),
             (
                 not (self.freeze_vision and self.recipe == "caption"),
                 "`--freeze-vision` does not apply to --recipe caption; use `--train decoder`",
@@ -115,6 +121,10 @@ class TrainConfig:
             (
                 not self.init or self.base in ("tiny-blip", self.init),
                 "Can't provide both `--base` and `--init`. Choose one.",
+            ),
+            (
+                self.lora or self.recipe != "lora",
+                "--recipe lora trains a LoRA adapter: drop --no-lora (or use --recipe default)",
             ),
             (self.device in DEVICES, f"`--device` must be one of {DEVICES}, got {self.device!r}"),
             (self.grad_accum >= 1, "`--grad-accum` must be >= 1"),

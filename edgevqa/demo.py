@@ -5,6 +5,8 @@
    blip-vqa:  tiny-blip from scratch (all weights), then LoRA (peft)
    paligemma: tiny-paligemma from scratch, then stage 1 (projector only), then stage 2 (LoRA on the
               attention of the vision tower and the LM), as papers 003/004 chain them
+   qformer:   tiny-qformer from scratch, then paper 001's stage 1 (captions) and stage 3 (VQA):
+              LoRA on the LLM, the Q-Former and projection whole, the vision encoder frozen
 3. merge + export + validate (fp32, int8, int4)  -> WORKDIR/bundle
 4. answer one test question, torch-free           (the runtime)
 5. bench PyTorch vs ONNX on the test split        -> WORKDIR/report
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgevqa.config import ExportConfig
+from edgevqa.config import CAPTION_RECIPES, ExportConfig
 
 log = logging.getLogger("edgevqa.demo")
 
@@ -54,9 +56,10 @@ def run(workdir: Path, fast: bool = False, family: str = "blip-vqa") -> str:
     data, bundle, report_dir = workdir / "data", workdir / "bundle", workdir / "report"
     t0 = time.perf_counter()
     n_images = 300 if fast else 3000
-    if not (data / "dataset.json").is_file():
+    captions = any(s.recipe in CAPTION_RECIPES for s in stages)  # a captioning stage reads them
+    if not (data / "dataset.json").is_file() or (captions and not (data / "train.captions.jsonl").is_file()):
         log.info("[1/5] synthesising %d images -> %s", n_images, data)
-        generate(data, SynthConfig(n_images=n_images, seed=0), overwrite=True)
+        generate(data, SynthConfig(n_images=n_images, seed=0), overwrite=True, captions=captions)
     previous = None
     for i, stage in enumerate(stages, 1):
         check_family(workdir / "runs" / stage.name, family)

@@ -210,3 +210,49 @@ def hf_answer(proc, model, image, question: str, max_new: int = 8) -> list[int]:
         out = model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
     seq = out[0, inputs["input_ids"].shape[1] :].tolist()
     return seq[: seq.index(1) + 1] if 1 in seq else seq  # up to and including <eos> (id 1)
+
+
+# -- Q-Former: stage 0 (all weights, from scratch) -> stage 1 (captions) -> stage 3 (VQA) ---------
+
+
+@pytest.fixture(scope="session")
+def qf_data(tmp_path_factory) -> Path:
+    """The synthetic set with one caption per image (stage 1 reads captions, stage 3 questions)."""
+    from edgevqa.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("qf-data") / "synth"
+    generate(out, SynthConfig(n_images=80, seed=1), progress=False, captions=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qf_base(tmp_path_factory, qf_data) -> Path:
+    out = tmp_path_factory.mktemp("qf") / "base"
+    return _pg_train(out, base="tiny-qformer", data=str(qf_data), max_steps=30, lr=2e-3, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def qf_caption(tmp_path_factory, qf_data, qf_base) -> Path:
+    out = tmp_path_factory.mktemp("qf") / "caption"
+    return _pg_train(
+        out, recipe="qformer-caption", init=str(qf_base), data=str(qf_data), max_steps=4, lr=5e-3
+    )
+
+
+@pytest.fixture(scope="session")
+def qf_vqa(tmp_path_factory, qf_data, qf_caption) -> Path:
+    out = tmp_path_factory.mktemp("qf") / "vqa"
+    return _pg_train(out, recipe="qformer-vqa", init=str(qf_caption), data=str(qf_data), max_steps=4, lr=5e-3)
+
+
+@pytest.fixture(scope="session")
+def qf_bundle(tmp_path_factory, qf_vqa) -> Path:
+    """The stage-3 run exported with every CPU precision (its adapter merged into stage 1's model)."""
+    from edgevqa.config import ExportConfig
+    from edgevqa.export import export
+
+    out = tmp_path_factory.mktemp("qf-bundles") / "bundle"
+    cfg = ExportConfig(
+        run=str(qf_vqa), out=str(out), precisions=["fp32", "int8", "int4"], validate_limit=24, force=True
+    )
+    return export(cfg, progress=False)

@@ -99,6 +99,22 @@ def test_bench_arch_paligemma_prefill_and_steps(tmp_path):
     assert f["decoder_prefill"]["rows"] == 16 + 1 + 12 + 1  # image, bos, "answer en" + 10 words, "\n"
 
 
+def test_bench_arch_qformer_counts_the_image_prefix_once(tmp_path):
+    """--arch on tiny-qformer: the same greedy tokens in PyTorch and ONNX; the floor counts the
+    query tokens' prefill (once per image), the prompt's on their cache, then the steps."""
+    from edgevqa.bench.runner import bench_arch
+
+    report = bench_arch(
+        "tiny-qformer", tmp_path / "arch", repeats=2, answer_tokens=4, precisions=("fp32",), compare=()
+    )
+    b = report["backends"]
+    assert b["onnx-fp32"]["token_agreement"] == 1.0
+    f = report["matmul_floor"]["fp32"]["by_graph"]
+    assert set(f) == {"vision_encoder", "decoder_image", "decoder_prefill", "decoder_step"}
+    assert f["vision_encoder"]["rows"] == 17 and f["decoder_image"]["rows"] == 8  # patches + [CLS]; queries
+    assert f["decoder_step"]["calls"] == 3
+
+
 def test_bench_targets_are_every_backend_and_precision_the_machine_runs(bundle):
     from edgevqa.bench.runner import targets
     from edgevqa.runtime.backends import Gpu, Machine

@@ -122,6 +122,16 @@ def test_cli_flags_take_precedence_over_the_recipe(tmp_path, monkeypatch):
     assert "next: edgevqa train --recipe vqa --init" in res.output
     res = CliRunner().invoke(app, [*base])
     assert seen[-1] == config_for("default", data=str(tmp_path), out=str(tmp_path / "r"))
+    # recipes that train an adapter get one without --lora (before: the flag's False overrode
+    # them, and a `--recipe lora` run saved its adapter where model/ belongs)
+    for recipe in ("lora", "qformer-caption", "qformer-vqa"):
+        res = CliRunner().invoke(app, [*base, "--recipe", recipe])
+        assert res.exit_code == 0, res.output
+        assert seen[-1].lora and seen[-1].recipe == recipe
+    res = CliRunner().invoke(app, [*base, "--recipe", "qformer-vqa", "--no-lora"])
+    assert not seen[-1].lora
+    res = CliRunner().invoke(app, [*base, "--recipe", "lora", "--no-lora"])  # (main() prints it, exit 2)
+    assert isinstance(res.exception, InputError) and "--recipe lora trains a LoRA adapter" in str(res.exception)
 
 
 def test_early_stopping_by_hand():

@@ -21,8 +21,8 @@ def demo(
     family: Annotated[
         str,
         typer.Option(
-            help="Model family: blip-vqa (tiny-blip -> LoRA) or paligemma (tiny-paligemma -> "
-            "projector stage -> LoRA stage)."
+            help="Model family: blip-vqa (tiny-blip -> LoRA), paligemma (tiny-paligemma -> "
+            "projector stage -> LoRA stage) or qformer (tiny-qformer -> caption stage -> VQA stage)."
         ),
     ] = "blip-vqa",
 ) -> None:

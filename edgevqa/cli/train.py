@@ -46,7 +46,9 @@ def train(
     train_part: Annotated[
         str | None, typer.Option("--train", help="caption: full, decoder or encoder (the parts that learn).")
     ] = None,
-    lora: Annotated[bool, typer.Option("--lora/--no-lora", help="Train a LoRA adapter (peft).")] = False,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--no-lora", help="Train a LoRA adapter (peft)." + BY_RECIPE)
+    ] = None,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     freeze_vision: Annotated[
         bool | None,

@@ -13,10 +13,10 @@ from pathlib import Path
 from types import ModuleType
 
 from edgevqa.errors import BundleError, InputError
-from edgevqa.families import blip_vqa, paligemma
+from edgevqa.families import blip_vqa, paligemma, qformer
 from edgevqa.families.spec import FamilySpec
 
-_REGISTRY: dict[str, FamilySpec] = {s.family: s for s in (blip_vqa.SPEC, paligemma.SPEC)}
+_REGISTRY: dict[str, FamilySpec] = {s.family: s for s in (blip_vqa.SPEC, paligemma.SPEC, qformer.SPEC)}
 
 
 def get(family: str) -> FamilySpec:

@@ -104,6 +104,11 @@ class QuestionTokenizer:
         tokens and nothing added: what a prefix LM's processor does with its prompt string."""
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
+    def ids_with_specials(self, text: str) -> list[int]:
+        """``text`` tokenized with the tokenizer's special tokens (bos ...), nothing cut: what
+        ``tokenizer(text).input_ids`` gives (a BLIP-2 processor's prompt after the image tokens)."""
+        return list(self._tok.encode(text, add_special_tokens=True).ids)
+
     def decode(self, ids: Sequence[int], clean_up_tokenization_spaces: bool = True) -> str:
         """Turn ids back into text, skipping special tokens ([CLS], [SEP], [PAD], [DEC], ...).
 

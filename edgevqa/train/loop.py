@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from edgevqa import atomic, config
-from edgevqa.config import TrainConfig
+from edgevqa.config import CAPTION_RECIPES, TrainConfig
+from edgevqa.data.captions import load_optional_captions
 from edgevqa.data.records import load_optional_split
 from edgevqa.errors import InputError
 from edgevqa.eval.metrics import majority_baseline, record_accuracy
@@ -112,7 +113,8 @@ def evaluate(
         enc = enc.subset(np.random.default_rng(0).choice(len(enc.records), limit, replace=False))
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     fam = registry.side(cfg.family, "train")
-    out = fam.generate_answers(base, tok, enc, images, cfg.max_answer_tokens, progress=progress)
+    longest = cfg.max_caption_tokens if cfg.recipe in CAPTION_RECIPES else cfg.max_answer_tokens
+    out = fam.generate_answers(base, tok, enc, images, longest, progress=progress)
     return record_accuracy(out.texts, enc.records)
 
 
@@ -121,7 +123,9 @@ def final_report(
 ) -> dict[str, Any]:
     """Accuracy and majority baseline on val (already encoded) and, when there is one, test."""
     splits = {"val": val}
-    if (test := load_optional_split(cfg.data, "test")) is not None:
+    captions = cfg.recipe in CAPTION_RECIPES  # (a family that reads captions as questions)
+    load_test = load_optional_captions if captions else load_optional_split
+    if (test := load_test(cfg.data, "test")) is not None:
         splits["test"] = registry.side(cfg.family, "train").encode(loaded, test, cfg.data, cfg)
     tok = loaded.tokenizer
     return {
@@ -145,9 +149,9 @@ class VQATask:
         self.fam = registry.side(cfg.family, "train")
         self.module = setup.prepare(loaded.model, cfg).to(device)
         self.images = ImageCache(loaded.image)
-        self.train_recs = train
         self.enc = self.fam.encode(loaded, train, cfg.data, cfg)
         self.val = self.fam.encode(loaded, val, cfg.data, cfg)
+        self.train_recs = self.enc.records  # a family may read caption records as questions
         self.n_train = len(train)
 
     def loss(self, idx: Any, step: int, micro: int) -> tuple[Any, dict[str, float]]:
@@ -410,13 +414,17 @@ def write_report(
 
 
 def finish(run: Path, model: Any, loaded: Loaded, cfg: TrainConfig) -> None:
-    """Write the final weights: adapter/ for LoRA, model/ otherwise (each atomically)."""
+    """Write the final weights: adapter/ for LoRA (and the merged model/ where the family chains
+    LoRA stages), model/ otherwise (each atomically)."""
+    fam = registry.side(cfg.family, "train")
     if cfg.lora:
         with atomic.directory(run / "adapter", overwrite=True) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
+        if getattr(fam, "MERGED_WITH_ADAPTER", False):  # a stage the next one starts from (--init)
+            with atomic.directory(run / "model", overwrite=True) as tmp:
+                fam.save_merged(model, loaded, tmp)
     else:
         with atomic.directory(run / "model", overwrite=True) as tmp:
-            fam = registry.side(cfg.family, "train")
             fam.save_model_dir(
                 Loaded(model, loaded.tokenizer, loaded.image, loaded.source, cfg.family, loaded.extra), tmp
             )

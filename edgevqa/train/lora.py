@@ -16,8 +16,11 @@ def targets(cfg: TrainConfig) -> list[str]:
     return [n for n in names if n not in VISION_TARGETS] if cfg.freeze_vision else names
 
 
-def wrap(model: Any, cfg: TrainConfig, target_modules: Any = None) -> Any:
-    """``model`` with LoRA adapters (peft) on ``target_modules`` (default: BLIP's ``targets``)."""
+def wrap(
+    model: Any, cfg: TrainConfig, target_modules: Any = None, modules_to_save: list[str] | None = None
+) -> Any:
+    """``model`` with LoRA adapters (peft) on ``target_modules`` (default: BLIP's ``targets``);
+    ``modules_to_save`` train whole and are saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
     lc = LoraConfig(
@@ -26,6 +29,7 @@ def wrap(model: Any, cfg: TrainConfig, target_modules: Any = None) -> Any:
         lora_dropout=cfg.lora_dropout,
         target_modules=target_modules if target_modules is not None else targets(cfg),
         bias="none",
+        modules_to_save=modules_to_save,
     )
     return get_peft_model(model, lc)
 

@@ -21,7 +21,14 @@ projector  papers 003/004 stage 1 (PaliGemma): only the multimodal projector tra
            16, batch 6 (fp16 on a GPU).
 lora       papers 003/004 stage 2, ``--init`` the stage 1 run: LoRA (peft) on the attention
            projections of the vision tower and the language model; the same training arguments.
+qformer-   paper 001 stage 1 (Q-Former family): image captioning for medical concept alignment;
+caption    the Q-Former and projection train whole, LoRA on the LLM, the vision encoder frozen.
+qformer-   paper 001 stages 2 and 3, ``--init`` the previous stage: general medical VQA (PMC-VQA),
+vqa        then radiology VQA (VQA-RAD, SLAKE); the same trainable parts.
 =========  ==================================================================================
+
+Paper 001 gives no optimiser settings in the text available here (DeepSpeed on 4 A100s, LoRA,
+three stages): every value of its two recipes below is ours (a usual LoRA rate, cosine, no decay).
 
 Not given by the papers, chosen here (and marked "ours" below): AdamW betas (PyTorch's
 0.9/0.999), the dapt batch size, epochs and warm-up length, the dapt weight decay (BLIP's
@@ -71,6 +78,19 @@ _PALIGEMMA: dict[str, Any] = {
     "epochs": 3.0,  # ours (stage 2)
 }
 
+# Paper 001: all ours (see the module doc).
+_QFORMER: dict[str, Any] = {
+    **_ADAMW,
+    "lora": True,
+    "freeze_vision": True,
+    "lr": 1e-4,
+    "min_lr": 1e-6,
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "epochs": 3.0,
+    "batch_size": 16,
+}
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "default": {},
     "vqa": {
@@ -91,6 +111,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "dapt-sd": dict(_DAPT),
     "projector": dict(_PALIGEMMA, epochs=5.0),  # §4.4: "the projection layer for 5 epochs on SLAKE"
     "lora": dict(_PALIGEMMA, lora=True),
+    "qformer-caption": dict(_QFORMER, max_caption_tokens=64, eval_every=0),
+    "qformer-vqa": dict(_QFORMER),
     "caption": {
         **_ADAMW,
         "lr": 5e-5,  # paper 002

@@ -21,7 +21,7 @@ RUNTIME = ("prompt_ids", "encode_image", "start", "step", "candidate_ids")
 
 
 def test_the_families_of_the_papers_are_registered():
-    assert {"blip-vqa", "paligemma"} <= set(FAMILIES)
+    assert {"blip-vqa", "paligemma", "qformer"} <= set(FAMILIES)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -64,7 +64,8 @@ def test_presets_and_archs_name_their_family():
 def test_model_types_choose_the_family_and_others_are_refused(tmp_path):
     assert registry.family_of_model_type("blip", "x") == "blip-vqa"
     assert registry.family_of_model_type("paligemma", "x") == "paligemma"
-    with pytest.raises(InputError, match="is a 'llama' model; edgevqa loads blip, paligemma"):
+    assert registry.family_of_model_type("blip-2", "x") == "qformer"
+    with pytest.raises(InputError, match="is a 'llama' model; edgevqa loads blip, blip-2, paligemma"):
         registry.family_of_model_type("llama", "some/llama")
     (tmp_path / "pg").mkdir()
     (tmp_path / "pg" / "config.json").write_text(json.dumps({"model_type": "paligemma"}))
@@ -80,7 +81,7 @@ def test_model_types_choose_the_family_and_others_are_refused(tmp_path):
 
 def test_a_bundle_of_an_unknown_family_is_refused_naming_the_known_ones():
     assert registry.for_bundle("paligemma").family == "paligemma"
-    with pytest.raises(BundleError, match="'llava' is not supported by this edgevqa.*blip-vqa, paligemma"):
+    with pytest.raises(BundleError, match="'llava' is not supported by this edgevqa.*blip-vqa, paligemma, qformer"):
         registry.for_bundle("llava")
 
 

@@ -1,0 +1,257 @@
+"""The Q-Former family (paper 001; BLIP-2's shape) end to end on the tiny preset: the three-stage
+chain, parity with transformers as a user runs it (Blip2Processor + generate) for the runs and for
+a BLIP-2 checkpoint saved with save_pretrained, the graphs, the image-prefix cache, and what is
+refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgevqa.errors import InputError
+
+PROMPT = "Question: {question} Answer:"
+
+
+def hf_answer(proc, model, image, question: str, max_new: int = 8) -> list[int]:
+    """A BLIP-2 answer as a user of plain transformers gets it: processor, then greedy generate."""
+    import torch
+
+    inputs = proc(images=image, text=PROMPT.format(question=question), return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
+    seq = out[0, inputs["input_ids"].shape[1] :].tolist()
+    eos = model.generation_config.eos_token_id
+    return seq[: seq.index(eos) + 1] if eos in seq else seq
+
+
+def plain(folder):
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    return Blip2Processor.from_pretrained(folder), Blip2ForConditionalGeneration.from_pretrained(
+        folder
+    ).eval()
+
+
+def test_the_three_stages_train_what_the_paper_trains_and_chain(qf_base, qf_caption, qf_vqa):
+    from safetensors import safe_open
+
+    for run in (qf_caption, qf_vqa):
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["family"] == "qformer" and cfg["lora"] and cfg["freeze_vision"]
+        with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+        assert any(".language_model." in k and "lora_A" in k for k in keys)  # LoRA on the LLM
+        assert any(k.startswith("base_model.model.qformer.") for k in keys)  # the Q-Former whole
+        assert any("language_projection" in k for k in keys)  # and the projection
+        assert not any("vision_model" in k for k in keys)  # the vision encoder frozen
+        assert (run / "model" / "config.json").is_file()  # merged: the next stage starts here
+    assert json.loads((qf_vqa / "config.json").read_text())["base"] == str(qf_caption)
+    assert json.loads((qf_caption / "config.json").read_text())["base"] == str(qf_base)
+    # stage 1 validated captions as answers to its question, stage 3 the VQA questions
+    assert (
+        "open/caption" in json.loads((qf_caption / "eval.json").read_text())["val"]["accuracy"]["by_category"]
+    )
+    assert (
+        "closed/presence" in json.loads((qf_vqa / "eval.json").read_text())["val"]["accuracy"]["by_category"]
+    )
+
+
+def test_the_vision_encoder_stays_as_stage_0_left_it(qf_base, qf_vqa):
+    from safetensors.torch import load_file
+
+    before = load_file(str(qf_base / "model" / "model.safetensors"))
+    after = load_file(str(qf_vqa / "model" / "model.safetensors"))
+    vision = [k for k in before if k.startswith("vision_model.")]
+    assert vision and all((before[k] == after[k]).all() for k in vision)
+    assert any(not (before[k] == after[k]).all() for k in before if k.startswith("qformer."))
+
+
+def test_runtime_answers_exactly_as_transformers_generate(qf_bundle, qf_vqa, qf_data):
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+
+    proc, model = plain(qf_vqa / "model")  # the merged stage-3 model, loaded by plain transformers
+    pipe = VQAPipeline.from_bundle(qf_bundle, precision="fp32")
+    for r in load_split(qf_data, "test")[:12]:
+        image = Image.open(r.image_path(qf_data))
+        assert pipe.ask(r.image_path(qf_data), r.question).token_ids == hf_answer(
+            proc, model, image, r.question
+        )
+    fid = json.loads((qf_bundle / "fidelity.json").read_text())
+    fp32 = fid["precisions"]["fp32"]
+    assert fp32["answer_agreement"] == 1.0 and fp32["teacher_forced_top1"] == 1.0
+    assert all(g["within_atol"] for g in fp32["graphs"].values())
+    assert fid["merge"]["lora"] and fid["merge"]["identical_answers"] == fid["merge"]["probe_questions"]
+    manifest = json.loads((qf_bundle / "manifest.json").read_text())
+    assert manifest["family"] == "qformer" and manifest["family_config"]["prompt"] == PROMPT
+
+
+def test_a_blip2_checkpoint_with_random_weights_answers_token_for_token_like_generate(tmp_path, qf_data):
+    """A BLIP-2 folder built from a small config and saved with save_pretrained: random weights
+    answer with arbitrary tokens, the strictest parity check."""
+    import torch
+
+    from edgevqa.config import ExportConfig
+    from edgevqa.data.records import load_split
+    from edgevqa.export import export
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.train.families import qformer as qf
+
+    recs = load_split(qf_data, "train")
+    tok = qf.arch_tokenizer(
+        sorted({w for r in recs for w in (r.question + " " + r.answer).split()}), tmp_path / "t"
+    )
+    loaded = qf.arch("tiny-qformer", tok)
+    torch.manual_seed(0)
+    for p in loaded.model.parameters():
+        p.data.normal_(0, 0.3)
+    qf.save_model_dir(loaded, tmp_path / "model")
+    cfg = ExportConfig(
+        run=str(tmp_path / "model"), out=str(tmp_path / "b"), precisions=["fp32"], validate_limit=8
+    )
+    bundle = export(cfg, data=str(qf_data), progress=False)
+    proc, model = plain(tmp_path / "model")
+    pipe = VQAPipeline.from_bundle(bundle)
+    for r in load_split(qf_data, "test")[:6]:
+        got = pipe.ask(r.image_path(qf_data), r.question).token_ids
+        assert got == hf_answer(proc, model, Image.open(r.image_path(qf_data)), r.question)
+        assert len(set(got)) > 1  # not a degenerate answer
+
+
+def test_prompt_ids_and_pixels_equal_the_processor(qf_bundle, qf_vqa):
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.runtime.preprocess import preprocess
+
+    proc, _ = plain(qf_vqa / "model")
+    pipe = VQAPipeline.from_bundle(qf_bundle)
+    rng = np.random.default_rng(3)
+    for size, mode in [((50, 40), "RGB"), ((33, 77), "L"), ((300, 200), "L")]:
+        arr = rng.integers(0, 256, (*size, 3) if mode == "RGB" else size, dtype=np.uint8)
+        img = Image.fromarray(arr, mode=mode)
+        for q in ("is there a lesion?", "Which SIDE is the lesion on", "how many lesions are there ?"):
+            ref = proc(images=img, text=PROMPT.format(question=q), return_tensors="np")
+            assert pipe.question_ids(q).tolist() == ref["input_ids"].tolist()
+        got = preprocess(img, pipe.manifest.image)
+        assert got.shape == ref["pixel_values"].shape
+        assert np.abs(got - ref["pixel_values"]).max() == 0.0  # bit for bit
+
+
+def test_the_query_cache_is_the_image_s_and_a_follow_up_prefills_only_its_question(qf_bundle, qf_data):
+    """The cached image state is the query tokens' KV cache; a follow-up question answers exactly
+    as the same question asked first, and runs no vision graph."""
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+
+    r1, r2 = load_split(qf_data, "test")[:2]
+    path = r1.image_path(qf_data)
+    fresh = VQAPipeline.from_bundle(qf_bundle, precision="fp32")
+    alone = fresh.ask(path, r2.question)
+    pipe = VQAPipeline.from_bundle(qf_bundle, precision="fp32")
+    pipe.ask(path, r1.question)
+    calls = []
+    vision = pipe.model.sessions["vision_encoder"]
+    pipe.model.sessions["vision_encoder"] = type(
+        "Spy", (), {"run": lambda s, *a: calls.append(a) or vision.run(*a)}
+    )()
+    follow = pipe.ask(path, r2.question)
+    assert follow.image_cached and calls == []
+    assert follow.token_ids == alone.token_ids
+    k, v = pipe.encode_image(path).arrays
+    q = pipe.manifest.family_config["num_image_tokens"]
+    assert k.shape[3] == v.shape[3] == q  # [layers, 1, kv heads, queries, head_dim]
+
+
+def test_the_split_prefill_equals_the_whole_sequence_in_pytorch(qf_vqa, qf_data):
+    """The runtime's order (queries once, then the prompt on their cache) gives the logits the
+    whole causal sequence gives in transformers."""
+    import torch
+
+    from edgevqa.data.records import load_split
+    from edgevqa.export.families import qformer as xq
+    from edgevqa.runtime.preprocess import preprocess
+
+    proc, model = plain(qf_vqa / "model")
+    r = load_split(qf_data, "test")[0]
+    img = Image.open(r.image_path(qf_data))
+    inputs = proc(images=img, text=PROMPT.format(question=r.question), return_tensors="pt")
+    with torch.inference_mode():
+        ref = model(**inputs).logits[0, -1]
+    feeds = xq.graph_inputs(model, [inputs["input_ids"][0].tolist()], [preprocess(img, _spec(qf_vqa))])
+    step = xq.DecoderStep(model).eval()
+    with torch.inference_mode():
+        split = step(**feeds["decoder_step"][2])[0][0, -1]  # the prompt on the queries' cache
+        whole = step(**feeds["decoder_step"][0])[0][0, -1]
+    assert torch.allclose(split, ref, atol=1e-4) and torch.allclose(whole, ref, atol=1e-4)
+
+
+def _spec(run):
+    from edgevqa.train.families import qformer as qf
+
+    return qf.load_pretrained(str(run)).image
+
+
+def test_rank_scores_and_sampling_run(qf_bundle, qf_data):
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.runtime.decoding import SamplingOptions
+
+    pipe = VQAPipeline.from_bundle(qf_bundle, precision="fp32")
+    r = load_split(qf_data, "test")[0]
+    ranked = pipe.rank(r.image_path(qf_data), r.question, ("yes", "no"))
+    assert ranked.text in ("yes", "no")
+    samples = pipe.sample(
+        r.image_path(qf_data), r.question, 3, SamplingOptions(temperature=1.0), np.random.default_rng(0)
+    )
+    assert len(samples) == 3
+
+
+def test_a_question_over_the_prompt_budget_is_refused(qf_bundle, qf_data):
+    from edgevqa.runtime import VQAPipeline
+
+    pipe = VQAPipeline.from_bundle(qf_bundle)
+    with pytest.raises(InputError, match="this bundle takes at most"):
+        pipe.question_ids("is there a lesion " * 40)
+    with pytest.raises(InputError, match="empty"):
+        pipe.question_ids("   ")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
+              word_embed_proj_dim=64), "'opt' text model is not exported"),
+        (dict(model_type="t5", d_model=64, d_ff=128, num_layers=1, num_heads=2, d_kv=32),
+         "encoder-decoder language model"),
+    ],
+)  # fmt: skip
+def test_a_blip2_base_edgevqa_cannot_export_is_refused_before_training(tmp_path, text, message):
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    from edgevqa.train.families import qformer as qf
+
+    cfg = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            encoder_hidden_size=32),
+        text_config={**text, "vocab_size": 40},
+        num_query_tokens=4,
+        image_token_index=4,
+    )  # fmt: skip
+    loaded = qf.arch("tiny-qformer", qf.build_tokenizer(["is there a lesion"], tmp_path / "t"))
+    loaded.model = Blip2ForConditionalGeneration(cfg)
+    qf.save_model_dir(loaded, tmp_path / "m")
+    with pytest.raises(InputError, match=message):
+        qf.load_pretrained(str(tmp_path / "m"))
+
+
+def test_training_refuses_another_model_type_as_a_qformer_base(tmp_path):
+    from edgevqa.train.families import qformer as qf
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "paligemma"}))
+    with pytest.raises(InputError, match="is a paligemma model, not a Q-Former"):
+        qf.load_pretrained(str(tmp_path))
