@@ -16,9 +16,8 @@ import numpy as np
 
 from edgevqa.bundle import Manifest
 from edgevqa.errors import BundleError, InputError
+from edgevqa.runtime.families.prefix_lm import causal_bias, run_step
 from edgevqa.runtime.tokenizer import QuestionTokenizer
-
-NEG = np.finfo(np.float32).min  # what transformers puts where a query may not attend
 
 
 @dataclass(frozen=True)
@@ -89,18 +88,16 @@ class Model:
             return self._prefill(ids, state.image_embeds)
         rows, t = ids.shape
         past = state.past
-        positions = np.arange(past + 1, past + t + 1, dtype=np.int64)  # PaliGemma counts from 1
-        # new token i sees the whole cache and the new tokens up to itself
-        causal = np.where(np.arange(past + t)[None, :] <= past + np.arange(t)[:, None], 0.0, NEG)
-        feed = {
-            "inputs_embeds": self._embed(ids),
-            "attention_bias": np.broadcast_to(causal.astype(np.float32), (rows, 1, t, past + t)).copy(),
-            "position_ids": np.broadcast_to(positions, (rows, t)).copy(),
-            "logit_positions": np.broadcast_to(np.arange(t, dtype=np.int64), (rows, t)).copy(),
-            "past_key": state.past_key,
-            "past_value": state.past_value,
-        }
-        logits, k, v = self.sessions["decoder_step"].run(None, feed)
+        positions = np.arange(past + 1, past + t + 1)  # PaliGemma counts from 1
+        logits, k, v = run_step(
+            self.sessions,
+            self._embed(ids),
+            causal_bias(rows, t, past),
+            positions,
+            np.arange(t),
+            (state.past_key, state.past_value),
+            self.empty,
+        )
         return logits, State(None, k, v)
 
     def _prefill(self, ids: np.ndarray, image_embeds: np.ndarray) -> tuple[np.ndarray, State]:
@@ -114,17 +111,10 @@ class Model:
         embeds = np.empty((1, t, image_embeds.shape[2]), dtype=np.float32)
         embeds[0, is_image] = image_embeds[0]
         embeds[0, ~is_image] = self._embed(row[:, ~is_image])[0]
-        feed = {
-            "inputs_embeds": embeds,
-            "attention_bias": np.zeros((1, 1, t, t), dtype=np.float32),  # bidirectional prefix
-            "position_ids": np.arange(1, t + 1, dtype=np.int64)[None, :],
-            "logit_positions": np.array([[t - 1]], dtype=np.int64),
-        }
-        if "decoder_first" in self.sessions:
-            logits, k, v = self.sessions["decoder_first"].run(None, feed)
-        else:
-            feed = {**feed, "past_key": self.empty, "past_value": self.empty}
-            logits, k, v = self.sessions["decoder_step"].run(None, feed)
+        bidirectional = np.zeros((1, 1, t, t), dtype=np.float32)  # the whole prefix sees itself
+        logits, k, v = run_step(
+            self.sessions, embeds, bidirectional, np.arange(1, t + 1), np.array([t - 1]), None, self.empty
+        )
         if rows > 1:
             logits, k, v = np.repeat(logits, rows, 0), np.repeat(k, rows, 1), np.repeat(v, rows, 1)
         return logits, State(None, k, v)

@@ -66,8 +66,8 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 # then stage 1 on the synthetic captions and stage 3 on the synthetic VQA, both LoRA + Q-Former
 DEMO_STAGES = (
     Stage("base", base="tiny-qformer", steps=4000, fast_steps=40, lr=1e-3, warmup=300),
-    Stage("caption", recipe="qformer-caption", steps=150, fast_steps=10, lr=1e-3, warmup=0),
-    Stage("vqa", recipe="qformer-vqa", steps=200, fast_steps=10, lr=1e-3, warmup=0),
+    Stage("caption", recipe="qformer-caption", steps=150, fast_steps=10, lr=3e-4, warmup=0),
+    Stage("vqa", recipe="qformer-vqa", steps=300, fast_steps=10, lr=3e-4, warmup=0),
 )
 
 ARCHS = {
@@ -150,7 +150,13 @@ def arch_config(name: str, vocab: int = 0, image_size: int = 0) -> Any:
     ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
     text = {**sizes["text"], **ids}
     text["vocab_size"] = text.get("vocab_size") or vocab or len(SPECIAL) + 1
-    vision = {**sizes["vision"], "image_size": image_size or sizes["vision"]["image_size"]}
+    # BLIP-2's vision config initialises with std 1e-10 (its weights always come pretrained): from
+    # scratch that leaves the image out of the features, so the presets use BERT's 0.02
+    vision = {
+        **sizes["vision"],
+        "image_size": image_size or sizes["vision"]["image_size"],
+        "initializer_range": 0.02,
+    }
     return Blip2Config(
         vision_config=vision,
         qformer_config=sizes["qformer"],
@@ -177,13 +183,18 @@ def build_preset(name: str, texts: list[str], tok_dir: Path, cfg: TrainConfig) -
         tok = build_tokenizer([*texts, *prompt_words(prompt)], tok_dir)
     torch.manual_seed(cfg.seed)
     model = Blip2ForConditionalGeneration(arch_config(name, len(tok), cfg.image_size))
-    init_sincos_positions(model)
+    init_from_scratch(model)
     return Loaded(model, tok, image_spec(cfg.image_size), name, FAMILY, {"prompt": prompt})
 
 
-def init_sincos_positions(model: Any) -> None:
-    """Start the from-scratch ViT with a 2D sin-cos table of patch positions (zeros for [CLS]):
-    random positions leave left/right at chance for thousands of steps (train/models.py)."""
+def init_from_scratch(model: Any) -> None:
+    """What a from-scratch start needs that transformers' init (made for loading pretrained
+    weights) does not give. The query tokens: transformers zeroes them; all-zero queries go into
+    the Q-Former's LayerNorm, whose gradient there is ~1e13 (eps 1e-12), and gradient clipping then
+    scales every other gradient to nothing (measured: the demo's loss stayed at the answer prior
+    for 2700 steps). BLIP-2's own pretraining draws them from N(0, 0.02). The ViT's patch
+    positions: a 2D sin-cos table (zeros for [CLS]); random positions leave left/right at chance
+    for thousands of steps (train/models.py)."""
     import torch
 
     from edgevqa.train.models import sincos_2d
@@ -191,6 +202,7 @@ def init_sincos_positions(model: Any) -> None:
     pos = model.vision_model.embeddings.position_embedding  # [1, 1 + patches, dim]
     grid = int(round((pos.shape[1] - 1) ** 0.5))
     with torch.no_grad():
+        model.query_tokens.normal_(0.0, 0.02)
         pos[0, 0].zero_()
         pos[0, 1:].copy_(sincos_2d(grid, pos.shape[2]).to(pos.dtype))
 
@@ -206,6 +218,7 @@ def arch(name: str, tokenizer: Any) -> Loaded:
 
     config = arch_config(name, len(tokenizer))
     model = Blip2ForConditionalGeneration(config).eval()
+    init_from_scratch(model)
     size = config.vision_config.image_size
     return Loaded(model, tokenizer, image_spec(size), name, FAMILY, {"prompt": DEFAULT_PROMPT})
 
