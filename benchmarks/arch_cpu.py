@@ -10,6 +10,7 @@ model costs on their own workstation before they train anything.
 
     python benchmarks/arch_cpu.py --arch blip-vqa-base [--out benchmarks/results/blip-vqa-base]
     python benchmarks/arch_cpu.py --arch paligemma-small [--out benchmarks/results/paligemma-small]
+    python benchmarks/arch_cpu.py --arch qformer-vitb-0.5b [--out benchmarks/results/qformer-vitb-0.5b]
 
 Prints the Markdown table; the very last line of stdout is the report as one compact JSON document.
 """
@@ -26,7 +27,9 @@ from edgevqa.bench.runner import COMPARE, bench_arch, markdown_table
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--arch", default="blip-vqa-base", help="blip-vqa-base, paligemma-small, paligemma-3b-224"
+        "--arch",
+        default="blip-vqa-base",
+        help="blip-vqa-base, paligemma-small, paligemma-3b-224, qformer-vitb-0.5b",
     )
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/ARCH")
     ap.add_argument("--repeats", type=int, default=10)

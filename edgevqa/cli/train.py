@@ -18,7 +18,7 @@ def train(
         Path,
         typer.Option(
             help="Dataset folder: train.jsonl and val.jsonl, or {split}.captions.jsonl for the dapt, "
-            "dapt-sd and caption recipes."
+            "dapt-sd, caption and qformer-caption recipes."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
@@ -27,15 +27,17 @@ def train(
         typer.Option(
             help="default (a preset from scratch, or all weights), vqa (paper 000 fine-tune), dapt / "
             "dapt-sd (paper 000 pretraining on captions, + self-distillation), caption (paper 002); "
-            "PaliGemma: projector (papers 003/004 stage 1), lora (stage 2, --init the stage 1 run). "
+            "PaliGemma: projector (papers 003/004 stage 1), lora (stage 2, --init the stage 1 run); "
+            "Q-Former: qformer-caption (paper 001 stage 1), qformer-vqa (stages 2 and 3, --init). "
             "Explicit flags override the recipe's settings."
         ),
     ] = "default",
     base: Annotated[
         str | None,
         typer.Option(
-            help="tiny-blip, tiny-paligemma, a Hugging Face id (Salesforce/blip-vqa-base, "
-            "google/paligemma-3b-pt-224), a model folder or a previous RUN (default: tiny-blip). "
+            help="tiny-blip, tiny-paligemma, tiny-qformer, a Hugging Face id (Salesforce/blip-vqa-base, "
+            "google/paligemma-3b-pt-224, a BLIP-2 id), a model folder or a previous RUN "
+            "(default: tiny-blip). "
             "Its model type picks the family; other types are refused."
         ),
     ] = None,
@@ -98,7 +100,7 @@ def train(
         bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
     ] = False,
 ) -> None:
-    """Train a VQA model (BLIP or PaliGemma), or pretrain / caption-tune BLIP for a later VQA run.
+    """Train a VQA model (BLIP, PaliGemma or Q-Former), or pretrain / caption-tune it for a later VQA run.
 
     Settings, lowest precedence first: the built-in defaults, the recipe's (edgevqa/train/recipes.py),
     then the flags given here. The resolved settings are saved in RUN/config.json.
