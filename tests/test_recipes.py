@@ -131,7 +131,8 @@ def test_cli_flags_take_precedence_over_the_recipe(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, [*base, "--recipe", "qformer-vqa", "--no-lora"])
     assert not seen[-1].lora
     res = CliRunner().invoke(app, [*base, "--recipe", "lora", "--no-lora"])  # (main() prints it, exit 2)
-    assert isinstance(res.exception, InputError) and "--recipe lora trains a LoRA adapter" in str(res.exception)
+    assert isinstance(res.exception, InputError)
+    assert "--recipe lora trains a LoRA adapter" in str(res.exception)
 
 
 def test_early_stopping_by_hand():

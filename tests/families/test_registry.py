@@ -81,7 +81,8 @@ def test_model_types_choose_the_family_and_others_are_refused(tmp_path):
 
 def test_a_bundle_of_an_unknown_family_is_refused_naming_the_known_ones():
     assert registry.for_bundle("paligemma").family == "paligemma"
-    with pytest.raises(BundleError, match="'llava' is not supported by this edgevqa.*blip-vqa, paligemma, qformer"):
+    known = "'llava' is not supported by this edgevqa.*blip-vqa, paligemma, qformer"
+    with pytest.raises(BundleError, match=known):
         registry.for_bundle("llava")
 
 

@@ -31,7 +31,6 @@ tokens (a bare parameter peft cannot save) stay as the previous stage left them:
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -305,8 +304,10 @@ def save_model_dir(loaded: Loaded, out: Path) -> None:
 
 
 def save_merged(model: Any, loaded: Loaded, out: Path) -> None:
-    """A LoRA run's model/ (MERGED_WITH_ADAPTER): a merged copy, the trained model left as it is."""
-    merged = copy.deepcopy(model).merge_and_unload()
+    """A LoRA run's model/ (MERGED_WITH_ADAPTER), after its adapter/ is saved. Merged in place, not
+    in a copy (a 7B model twice would not fit where it trained): the run's final report then
+    evaluates the merged weights, which answer as the adapted ones (export proves it per run)."""
+    merged = model.merge_and_unload()
     save_model_dir(Loaded(merged, loaded.tokenizer, loaded.image, loaded.source, FAMILY, loaded.extra), out)
 
 
