@@ -1,5 +1,6 @@
 """The decoder graph every prefix-LM family exports: a causal LM written out layer by layer over
-``inputs_embeds`` (Llama-shaped layers: Gemma, Gemma 2, Llama, Qwen 2, Mistral), instead of
+``inputs_embeds`` (Llama-shaped layers: Gemma, Gemma 2, Llama, Qwen 2, Mistral; and OPT, the LM of
+the published BLIP-2 checkpoints), instead of
 tracing transformers' Cache objects. The KV cache is two stacked tensors [layers, batch, kv heads,
 past, head_dim] the runtime passes back in; the attention mask comes in as an additive bias the
 runtime builds (edgevqa/families/prefix_lm.py). Gemma 2's extra norms, query scale and soft-caps
@@ -91,6 +92,64 @@ class Decoder(nn.Module):
         return logits, torch.stack(keys), torch.stack(values)
 
 
+class OPTDecoder(nn.Module):
+    """OPT (the LM of the published BLIP-2 checkpoints) written out like :class:`Decoder`: learned
+    positions (OPT's table is offset by 2) added to ``inputs_embeds`` inside the graph, pre-norm
+    layers with a fused activation MLP, the query scaled before its product with the keys, a final
+    LayerNorm before the head. Same inputs and outputs as :class:`Decoder`."""
+
+    def __init__(self, decoder: nn.Module, cfg: Any, head: torch.Tensor):
+        super().__init__()
+        self.layers, self.norm, self.positions = (
+            decoder.layers,
+            decoder.final_layer_norm,
+            decoder.embed_positions,
+        )
+        self.offset = getattr(decoder.embed_positions, "offset", 2)
+        self.n_heads, self.head_dim = cfg.num_attention_heads, head_dim(cfg)
+        self.lm_weight = nn.Parameter(head.detach().t().contiguous(), requires_grad=False)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_bias: torch.Tensor,
+        position_ids: torch.Tensor,
+        logit_positions: torch.Tensor,
+        past_key: torch.Tensor | None = None,
+        past_value: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = inputs_embeds + nn.functional.embedding(position_ids + self.offset, self.positions.weight)
+        b, t, _ = x.shape
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            attn, h = layer.self_attn, layer.self_attn_layer_norm(x)
+            q = (attn.q_proj(h) * attn.scaling).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            if past_key is not None:
+                k, v = torch.cat([past_key[i], k], dim=2), torch.cat([past_value[i], v], dim=2)
+            keys.append(k)
+            values.append(v)
+            probs = torch.softmax(
+                torch.matmul(q, k.transpose(2, 3)) + attention_bias, dim=-1, dtype=torch.float32
+            )
+            ctx = torch.matmul(probs.to(q.dtype), v).transpose(1, 2).reshape(b, t, -1)
+            x = x + attn.out_proj(ctx)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+        picked = torch.gather(x, 1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
+        if self.norm is not None:
+            picked = self.norm(picked)
+        return torch.matmul(picked, self.lm_weight), torch.stack(keys), torch.stack(values)
+
+
+def writeout(lm: nn.Module, cfg: Any) -> nn.Module:
+    """The decoder graph's module for a ``*ForCausalLM`` ``lm`` with text config ``cfg``."""
+    head = lm.get_output_embeddings().weight
+    if cfg.model_type == "opt":
+        return OPTDecoder(lm.model.decoder, cfg, head)
+    return Decoder(lm.model, cfg, head)
+
+
 def kv_heads(cfg: Any) -> int:
     return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
 
@@ -111,6 +170,13 @@ def check_text_model(cfg: Any, positions: int, types: tuple[str, ...], what: str
         raise InputError(
             f"{what} with a {cfg.model_type!r} text model is not exported by edgevqa "
             f"(it exports {', '.join(types)})"
+        )
+    if cfg.model_type == "opt" and (
+        not cfg.do_layer_norm_before
+        or getattr(cfg, "word_embed_proj_dim", cfg.hidden_size) != cfg.hidden_size
+    ):
+        raise InputError(
+            "OPT with post-norm layers or a projected embedding (opt-350m's shape) is not exported by edgevqa"
         )
     rope = str((getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default"))
     if "dynamic" in rope or "longrope" in rope:

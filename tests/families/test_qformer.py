@@ -90,9 +90,35 @@ def test_runtime_answers_exactly_as_transformers_generate(qf_bundle, qf_vqa, qf_
     assert manifest["family"] == "qformer" and manifest["family_config"]["prompt"] == PROMPT
 
 
-def test_a_blip2_checkpoint_with_random_weights_answers_token_for_token_like_generate(tmp_path, qf_data):
+OPT = dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=2,
+           word_embed_proj_dim=64, max_position_embeddings=128)  # fmt: skip
+
+
+def tiny_blip2(text: dict, tok):
+    """A BLIP-2 with the tiny preset's vision tower and Q-Former and the given text model."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    from edgevqa.train.families import qformer as qf
+
+    sizes = qf.ARCHS["tiny-qformer"]
+    ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "vocab_size": len(tok)}
+    cfg = Blip2Config(
+        vision_config={**sizes["vision"], "image_size": 32},
+        qformer_config=sizes["qformer"],
+        text_config={**text, **ids},
+        num_query_tokens=4,
+        image_token_index=4,
+    )
+    return Blip2ForConditionalGeneration(cfg)
+
+
+@pytest.mark.parametrize("text, std", [(None, 0.3), (OPT, 0.05)], ids=["llama", "opt"])
+def test_a_blip2_checkpoint_with_random_weights_answers_token_for_token_like_generate(
+    tmp_path, qf_data, text, std
+):
     """A BLIP-2 folder built from a small config and saved with save_pretrained: random weights
-    answer with arbitrary tokens, the strictest parity check."""
+    answer with arbitrary tokens, the strictest parity check. OPT is the LM of the published
+    BLIP-2 checkpoints (Salesforce/blip2-opt-*)."""
     import torch
 
     from edgevqa.config import ExportConfig
@@ -106,9 +132,12 @@ def test_a_blip2_checkpoint_with_random_weights_answers_token_for_token_like_gen
         sorted({w for r in recs for w in (r.question + " " + r.answer).split()}), tmp_path / "t"
     )
     loaded = qf.arch("tiny-qformer", tok)
+    if text is not None:
+        loaded.model = tiny_blip2(text, tok)
+        loaded.image = qf.image_spec(32)
     torch.manual_seed(0)
     for p in loaded.model.parameters():
-        p.data.normal_(0, 0.3)
+        p.data.normal_(0, std)  # at 0.3 the random OPT repeats one token: no test
     qf.save_model_dir(loaded, tmp_path / "model")
     cfg = ExportConfig(
         run=str(tmp_path / "model"), out=str(tmp_path / "b"), precisions=["fp32"], validate_limit=8
@@ -222,28 +251,17 @@ def test_a_question_over_the_prompt_budget_is_refused(qf_bundle, qf_data):
 @pytest.mark.parametrize(
     "text, message",
     [
-        (dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
-              word_embed_proj_dim=64), "'opt' text model is not exported"),
+        ({**OPT, "do_layer_norm_before": False}, "OPT with post-norm layers"),
         (dict(model_type="t5", d_model=64, d_ff=128, num_layers=1, num_heads=2, d_kv=32),
          "encoder-decoder language model"),
     ],
 )  # fmt: skip
 def test_a_blip2_base_edgevqa_cannot_export_is_refused_before_training(tmp_path, text, message):
-    from transformers import Blip2Config, Blip2ForConditionalGeneration
-
     from edgevqa.train.families import qformer as qf
 
-    cfg = Blip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
-        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                            encoder_hidden_size=32),
-        text_config={**text, "vocab_size": 40},
-        num_query_tokens=4,
-        image_token_index=4,
-    )  # fmt: skip
-    loaded = qf.arch("tiny-qformer", qf.build_tokenizer(["is there a lesion"], tmp_path / "t"))
-    loaded.model = Blip2ForConditionalGeneration(cfg)
+    tok = qf.build_tokenizer(["is there a lesion"], tmp_path / "t")
+    loaded = qf.arch("tiny-qformer", tok)
+    loaded.model, loaded.image = tiny_blip2(text, tok), qf.image_spec(32)
     qf.save_model_dir(loaded, tmp_path / "m")
     with pytest.raises(InputError, match=message):
         qf.load_pretrained(str(tmp_path / "m"))

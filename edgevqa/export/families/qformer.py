@@ -1,7 +1,7 @@
 """The Q-Former family on the export side: traceable wrappers over a ``Blip2ForConditionalGeneration``'s
 own weights, their dummy and real inputs, and the manifest's settings. The graph contract is
 edgevqa/families/prefix_lm.py; the decoder is edgevqa/export/causal_lm.py over the BLIP-2 model's
-causal LM (Llama, Qwen 2, Gemma, Gemma 2, Mistral layers).
+causal LM (Llama, Qwen 2, Gemma, Gemma 2, Mistral and OPT layers).
 
 The LM is causal over the whole sequence (query tokens, then the prompt, then the answer), so every
 mask here is causal and positions count from 0, as ``generate`` counts them.
@@ -27,14 +27,14 @@ from edgevqa.export.causal_lm import causal_bias
 from edgevqa.families.qformer import SPEC
 from edgevqa.train.base import Loaded
 
-TEXT_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2")
+TEXT_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2", "opt")
 # no two axes share a size, so the tracer cannot tie them (picked is 2 in every dummy)
 TRACE_SIZES = {"batch": 3, "question": 6, "past": 5, "new": 4}
 
 
 def check_text_model(model: Any, positions: int) -> None:
     """Refuse what the graphs do not reproduce: an encoder-decoder LM (BLIP-2 with Flan-T5), a text
-    model other than TEXT_TYPES (OPT's learned positions), a length-dependent RoPE, a short window."""
+    model other than TEXT_TYPES, OPT of opt-350m's shape, a length-dependent RoPE, a short window."""
     if not model.config.use_decoder_only_language_model:
         raise InputError(
             f"BLIP-2 with an encoder-decoder language model ({model.config.text_config.model_type}) "
@@ -72,20 +72,22 @@ class EmbedTokens(nn.Module):
         return self.embed(input_ids)
 
 
-class DecoderStep(causal_lm.Decoder):
-    """One decoder call of the BLIP-2 model's causal LM: T new tokens on a cache of P."""
-
-    def __init__(self, model: nn.Module):
-        check_text_model(model, model.config.num_query_tokens + 2)
-        lm = model.language_model
-        super().__init__(lm.model, model.config.text_config, lm.get_output_embeddings().weight)
+def DecoderStep(model: nn.Module) -> nn.Module:  # noqa: N802 (a wrapper like the classes beside it)
+    """One decoder call of the BLIP-2 model's causal LM: T new tokens on a cache of P
+    (export/causal_lm.py writes out its layers)."""
+    check_text_model(model, model.config.num_query_tokens + 2)
+    return causal_lm.writeout(model.language_model, model.config.text_config)
 
 
-class DecoderFirst(DecoderStep):
+class DecoderFirst(nn.Module):
     """The prefill without a cache in (TensorRT cannot build a profile with a zero-length past)."""
 
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.step = DecoderStep(model)
+
     def forward(self, inputs_embeds, attention_bias, position_ids, logit_positions):
-        return super().forward(inputs_embeds, attention_bias, position_ids, logit_positions)
+        return self.step(inputs_embeds, attention_bias, position_ids, logit_positions)
 
 
 WRAPPERS: dict[str, type[nn.Module]] = {
