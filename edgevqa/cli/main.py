@@ -20,7 +20,7 @@ from edgevqa.errors import EdgeVQAError
 USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 # importing a command module registers its commands; `edgevqa --help` lists them in this order
-for _group in ("train", "export", "ask", "serve", "bench", "evaluate", "demo", "sign", "data"):
+for _group in ("train", "compose", "export", "ask", "serve", "bench", "evaluate", "demo", "sign", "data"):
     importlib.import_module(f"edgevqa.cli.{_group}")
 
 

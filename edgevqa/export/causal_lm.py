@@ -1,6 +1,6 @@
 """The decoder graph every prefix-LM family exports: a causal LM written out layer by layer over
-``inputs_embeds`` (Llama-shaped layers: Gemma, Gemma 2, Llama, Qwen 2, Mistral; and OPT, the LM of
-the published BLIP-2 checkpoints), instead of
+``inputs_embeds`` (Llama-shaped layers: Gemma, Gemma 2, Llama, Qwen 2, Mistral; OPT, the LM of
+the published BLIP-2 checkpoints; BLOOM, paper 001's RadBloomz), instead of
 tracing transformers' Cache objects. The KV cache is two stacked tensors [layers, batch, kv heads,
 past, head_dim] the runtime passes back in; the attention mask comes in as an additive bias the
 runtime builds (edgevqa/families/prefix_lm.py). Gemma 2's extra norms, query scale and soft-caps
@@ -142,11 +142,68 @@ class OPTDecoder(nn.Module):
         return torch.matmul(picked, self.lm_weight), torch.stack(keys), torch.stack(values)
 
 
+class BloomDecoder(nn.Module):
+    """BLOOM (RadBloomz, paper 001's LM) written out like :class:`Decoder`: a LayerNorm on
+    ``inputs_embeds`` inside the graph, a fused query_key_value laid out [heads, 3, head_dim], the
+    tanh GELU, and ALiBi. ALiBi adds slope_h * (key position) to the scores; transformers counts
+    key positions from the attention mask, and every sequence the runtime decodes has its keys at
+    0..P+T-1 without gaps, so the key's index is its position. Same inputs and outputs as
+    :class:`Decoder`."""
+
+    def __init__(self, transformer: nn.Module, cfg: Any, head: torch.Tensor):
+        super().__init__()
+        from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+
+        self.layers, self.embed_norm, self.norm = (
+            transformer.h,
+            transformer.word_embeddings_layernorm,
+            transformer.ln_f,
+        )
+        self.n_heads, self.head_dim = cfg.num_attention_heads, head_dim(cfg)
+        self.post_norm_residual = bool(cfg.apply_residual_connection_post_layernorm)
+        self.register_buffer("slopes", _get_alibi_slopes(self.n_heads, torch.device("cpu"))[:, None, None])
+        self.lm_weight = nn.Parameter(head.detach().t().contiguous(), requires_grad=False)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_bias: torch.Tensor,
+        position_ids: torch.Tensor,
+        logit_positions: torch.Tensor,
+        past_key: torch.Tensor | None = None,
+        past_value: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.embed_norm(inputs_embeds)
+        b, t, _ = x.shape
+        alibi = self.slopes * torch.arange(attention_bias.shape[-1], dtype=torch.float32)  # [H, 1, P+T]
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            attn, h = layer.self_attention, layer.input_layernorm(x)
+            qkv = attn.query_key_value(h).view(b, t, self.n_heads, 3, self.head_dim)
+            q, k, v = (qkv[..., j, :].transpose(1, 2) for j in range(3))
+            if past_key is not None:
+                k, v = torch.cat([past_key[i], k], dim=2), torch.cat([past_value[i], v], dim=2)
+            keys.append(k)
+            values.append(v)
+            scores = alibi + torch.matmul(q, k.transpose(2, 3)) * attn.inv_norm_factor
+            probs = torch.softmax(scores + attention_bias, dim=-1, dtype=torch.float32)
+            ctx = torch.matmul(probs.to(q.dtype), v).transpose(1, 2).reshape(b, t, -1)
+            x = (h if self.post_norm_residual else x) + attn.dense(ctx)
+            h = layer.post_attention_layernorm(x)
+            x = (h if self.post_norm_residual else x) + layer.mlp.dense_4h_to_h(
+                layer.mlp.gelu_impl(layer.mlp.dense_h_to_4h(h))
+            )
+        picked = torch.gather(x, 1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
+        return torch.matmul(self.norm(picked), self.lm_weight), torch.stack(keys), torch.stack(values)
+
+
 def writeout(lm: nn.Module, cfg: Any) -> nn.Module:
     """The decoder graph's module for a ``*ForCausalLM`` ``lm`` with text config ``cfg``."""
     head = lm.get_output_embeddings().weight
     if cfg.model_type == "opt":
         return OPTDecoder(lm.model.decoder, cfg, head)
+    if cfg.model_type == "bloom":
+        return BloomDecoder(lm.transformer, cfg, head)
     return Decoder(lm.model, cfg, head)
 
 
@@ -178,6 +235,8 @@ def check_text_model(cfg: Any, positions: int, types: tuple[str, ...], what: str
         raise InputError(
             "OPT with post-norm layers or a projected embedding (opt-350m's shape) is not exported by edgevqa"
         )
+    if cfg.model_type == "bloom" and cfg.pretraining_tp > 1 and cfg.slow_but_exact:
+        raise InputError("BLOOM with slow_but_exact sliced matmuls is not exported by edgevqa (set it false)")
     rope = str((getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default"))
     if "dynamic" in rope or "longrope" in rope:
         raise InputError(f"rope type {rope!r} is not exported by edgevqa (static RoPE only)")

@@ -92,6 +92,7 @@ def test_runtime_answers_exactly_as_transformers_generate(qf_bundle, qf_vqa, qf_
 
 OPT = dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=2,
            word_embed_proj_dim=64, max_position_embeddings=128)  # fmt: skip
+BLOOM = dict(model_type="bloom", hidden_size=64, n_layer=2, n_head=4)  # ALiBi over 4 heads' slopes
 
 
 def tiny_blip2(text: dict, tok):
@@ -112,13 +113,13 @@ def tiny_blip2(text: dict, tok):
     return Blip2ForConditionalGeneration(cfg)
 
 
-@pytest.mark.parametrize("text, std", [(None, 0.3), (OPT, 0.05)], ids=["llama", "opt"])
+@pytest.mark.parametrize("text", [None, OPT, BLOOM], ids=["llama", "opt", "bloom"])
 def test_a_blip2_checkpoint_with_random_weights_answers_token_for_token_like_generate(
-    tmp_path, qf_data, text, std
+    tmp_path, qf_data, text
 ):
     """A BLIP-2 folder built from a small config and saved with save_pretrained: random weights
     answer with arbitrary tokens, the strictest parity check. OPT is the LM of the published
-    BLIP-2 checkpoints (Salesforce/blip2-opt-*)."""
+    BLIP-2 checkpoints (Salesforce/blip2-opt-*), BLOOM paper 001's (RadBloomz)."""
     import torch
 
     from edgevqa.config import ExportConfig
@@ -136,8 +137,9 @@ def test_a_blip2_checkpoint_with_random_weights_answers_token_for_token_like_gen
         loaded.model = tiny_blip2(text, tok)
         loaded.image = qf.image_spec(32)
     torch.manual_seed(0)
-    for p in loaded.model.parameters():
-        p.data.normal_(0, std)  # at 0.3 the random OPT repeats one token: no test
+    for name, p in loaded.model.named_parameters():
+        # random biases make every position's state alike: one token repeated, no test
+        p.data.normal_(0, 0.3) if "language_model" not in name or "bias" not in name else p.data.zero_()
     qf.save_model_dir(loaded, tmp_path / "model")
     cfg = ExportConfig(
         run=str(tmp_path / "model"), out=str(tmp_path / "b"), precisions=["fp32"], validate_limit=8
@@ -273,3 +275,179 @@ def test_training_refuses_another_model_type_as_a_qformer_base(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "paligemma"}))
     with pytest.raises(InputError, match="is a paligemma model, not a Q-Former"):
         qf.load_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("text, wrapped", [
+    (None, {"q_proj", "k_proj", "v_proj", "o_proj"}),
+    (OPT, {"q_proj", "k_proj", "v_proj", "out_proj"}),
+    (BLOOM, {"query_key_value", "dense"}),
+], ids=["llama", "opt", "bloom"])  # fmt: skip
+def test_lora_lands_on_the_attention_projections_of_each_text_model(tmp_path, text, wrapped):
+    """The stages' LoRA targets the LM's attention in every text model the family exports, and
+    nothing of the vision encoder or Q-Former (trained whole there, or frozen)."""
+    from edgevqa.config import TrainConfig
+    from edgevqa.train.families import qformer as qf
+
+    tok = qf.build_tokenizer(["is there a lesion"], tmp_path / "t")
+    model = qf.arch("tiny-qformer", tok).model if text is None else tiny_blip2(text, tok)
+    peft_model = qf.prepare(model, TrainConfig(base="tiny-qformer", recipe="qformer-vqa", lora=True))
+    names = {n for n, _ in peft_model.named_modules() if n.endswith(".lora_A")}
+    assert names and all(".language_model." in n for n in names)
+    assert {n.split(".")[-2] for n in names} == wrapped
+    layers = model.config.text_config.num_hidden_layers
+    assert len(names) == layers * len(wrapped)
+
+
+# -- compose: paper 001's build (a domain ViT + a new Q-Former + a causal LM) -------------------
+
+VIT = dict(
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=96,
+    image_size=32,
+    patch_size=16,
+)  # fmt: skip  (3 heads: timm's "tiny" ViT's count)
+SMALL_QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     cross_attention_frequency=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A transformers ViT folder, the same weights as an open_clip folder in BiomedCLIP's format
+    (timm names under visual.trunk., a .bin and a .safetensors variant), and a BLOOM folder."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BloomConfig, BloomForCausalLM, ViTConfig, ViTImageProcessorPil, ViTModel
+
+    from edgevqa.train.families import qformer as qf
+
+    d = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(**VIT, layer_norm_eps=1e-6), add_pooling_layer=False).eval()
+    for p in vit.parameters():
+        p.data.normal_(0, 0.2)
+    vit.save_pretrained(d / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(d / "vit")
+    s = vit.state_dict()
+    trunk = {"cls_token": s["embeddings.cls_token"], "pos_embed": s["embeddings.position_embeddings"],
+             "patch_embed.proj.weight": s["embeddings.patch_embeddings.projection.weight"],
+             "patch_embed.proj.bias": s["embeddings.patch_embeddings.projection.bias"],
+             "norm.weight": s["layernorm.weight"], "norm.bias": s["layernorm.bias"]}  # fmt: skip
+    for i in range(VIT["num_hidden_layers"]):
+        a, b = f"layers.{i}.", f"blocks.{i}."
+        names = [
+            ("norm1", "layernorm_before"),
+            ("norm2", "layernorm_after"),
+            ("attn.proj", "attention.o_proj"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ]
+        for mine, theirs in names:
+            for w in ("weight", "bias"):
+                trunk[f"{b}{mine}.{w}"] = s[f"{a}{theirs}.{w}"]
+        for w in ("weight", "bias"):
+            trunk[f"{b}attn.qkv.{w}"] = torch.cat([s[f"{a}attention.{p}_proj.{w}"] for p in "qkv"])
+    state = {f"visual.trunk.{k}": v.contiguous() for k, v in trunk.items()}
+    state["text.proj.weight"] = torch.zeros(4, 4)  # the text tower: not read
+    config = {
+        "model_cfg": {"embed_dim": 16, "vision_cfg": {
+            "timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "",
+            "timm_proj": "linear", "image_size": 32}},
+        "preprocess_cfg": {"mean": list(qf.CLIP_MEAN), "std": list(qf.CLIP_STD)},
+    }  # fmt: skip
+    for name, save in [("oc-bin", lambda p: torch.save(state, p / "open_clip_pytorch_model.bin")),
+                       ("oc-st", lambda p: save_file(state, p / "open_clip_model.safetensors"))]:  # fmt: skip
+        (d / name).mkdir()
+        (d / name / "open_clip_config.json").write_text(json.dumps(config))
+        save(d / name)
+    tok = qf.build_tokenizer(["is there a lesion on the left right yes no"], d / "bloom")
+    ids = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, vocab_size=len(tok))
+    BloomForCausalLM(BloomConfig(hidden_size=64, n_layer=2, n_head=4, **ids)).save_pretrained(d / "bloom")
+    return d, vit
+
+
+@pytest.mark.parametrize("source", ["vit", "oc-bin", "oc-st"])
+def test_a_composed_base_s_vision_model_is_the_encoder_weight_for_weight(tmp_path, parts, source):
+    """BLIP-2's vision model after compose gives the encoder's own features (transformers' ViT, and
+    the same weights in open_clip's format: BiomedCLIP's), and a plain BLIP-2 folder results."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from edgevqa.train.families import qformer as qf
+    from edgevqa.train.families.qformer_compose import compose
+
+    d, vit = parts
+    compose(str(d / source), str(d / "bloom"), tmp_path / "base", queries=4, qformer=SMALL_QFORMER)
+    model = Blip2ForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want, got = vit(x).last_hidden_state, model.vision_model(x).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    proc = Blip2Processor.from_pretrained(tmp_path / "base")
+    assert proc.num_query_tokens == model.config.num_query_tokens == 4
+    assert model.config.text_config.model_type == "bloom"
+    assert 0.01 < model.query_tokens.std().item() < 0.03  # N(0, 0.02), not transformers' zeros
+    loaded = qf.load_pretrained(str(tmp_path / "base"))  # what train --base reads
+    assert loaded.image.mean == (qf.CLIP_MEAN if source != "vit" else (0.5, 0.5, 0.5))
+
+
+def test_a_composed_base_trains_stage_1_exports_and_answers_like_generate(tmp_path, parts, qf_data):
+    """compose (BiomedCLIP-format ViT + BLOOM) -> train --base (qformer-caption) -> export: the
+    bundle answers token for token as the run's model/ does through Blip2Processor + generate."""
+    from edgevqa.config import ExportConfig
+    from edgevqa.data.records import load_split
+    from edgevqa.export import export
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.train import train
+    from edgevqa.train.families.qformer_compose import compose
+    from edgevqa.train.recipes import config_for
+
+    d, _ = parts
+    base = compose(str(d / "oc-st"), str(d / "bloom"), tmp_path / "base", queries=4, qformer=SMALL_QFORMER)
+    cfg = config_for("qformer-caption", base=str(base), data=str(qf_data), out=str(tmp_path / "run"),
+                     max_steps=2, eval_every=0, checkpoint_every=0, threads=1, batch_size=8)  # fmt: skip
+    run = train(cfg, progress=False)
+    ecfg = ExportConfig(run=str(run), out=str(tmp_path / "b"), precisions=["fp32"], validate_limit=6)
+    bundle = export(ecfg, data=str(qf_data), progress=False)
+    proc, model = plain(run / "model")
+    pipe = VQAPipeline.from_bundle(bundle)
+    for r in load_split(qf_data, "test")[:4]:
+        got = pipe.ask(r.image_path(qf_data), r.question).token_ids
+        assert got == hf_answer(proc, model, Image.open(r.image_path(qf_data)), r.question)
+
+
+def test_what_compose_cannot_hold_is_refused_in_one_line_and_nothing_is_written(tmp_path, parts):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from edgevqa.cli.main import main
+    from edgevqa.train.families.qformer_compose import compose
+
+    d, _ = parts
+    clip = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            image_size=32, patch_size=16)  # fmt: skip
+    CLIPVisionModel(clip).save_pretrained(tmp_path / "clip")
+    with pytest.raises(InputError, match="LayerNorm before its layers"):
+        compose(str(tmp_path / "clip"), str(d / "bloom"), tmp_path / "out")
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / "open_clip_config.json").write_text("{}")
+    with pytest.raises(InputError, match="open_clip_pytorch_model.bin are needed"):
+        compose(str(tmp_path / "oc"), str(d / "bloom"), tmp_path / "out")
+    with pytest.raises(InputError, match="cannot load causal LM"):
+        compose(str(d / "vit"), str(tmp_path / "nowhere"), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "compose",
+                "--vision",
+                str(d / "vit"),
+                "--lm",
+                str(d / "bloom"),
+                "--out",
+                str(tmp_path / "taken"),
+            ]
+        )
+    assert e.value.code == 2 and [p.name for p in (tmp_path / "taken").iterdir()] == ["keep"]

@@ -1,7 +1,7 @@
 """The Q-Former family on the export side: traceable wrappers over a ``Blip2ForConditionalGeneration``'s
 own weights, their dummy and real inputs, and the manifest's settings. The graph contract is
 edgevqa/families/prefix_lm.py; the decoder is edgevqa/export/causal_lm.py over the BLIP-2 model's
-causal LM (Llama, Qwen 2, Gemma, Gemma 2, Mistral and OPT layers).
+causal LM (Llama, Qwen 2, Gemma, Gemma 2, Mistral, OPT and BLOOM layers).
 
 The LM is causal over the whole sequence (query tokens, then the prompt, then the answer), so every
 mask here is causal and positions count from 0, as ``generate`` counts them.
@@ -27,7 +27,7 @@ from edgevqa.export.causal_lm import causal_bias
 from edgevqa.families.qformer import SPEC
 from edgevqa.train.base import Loaded
 
-TEXT_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2", "opt")
+TEXT_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2", "opt", "bloom")
 # no two axes share a size, so the tracer cannot tie them (picked is 2 in every dummy)
 TRACE_SIZES = {"batch": 3, "question": 6, "past": 5, "new": 4}
 

@@ -58,7 +58,11 @@ SETTINGS = "edgevqa.json"  # beside the model: the prompt template it was traine
 # LoRA runs also write the merged model/, so the next stage can `--init` them
 MERGED_WITH_ADAPTER = True
 SPECIAL = ("<pad>", "</s>", "<s>", "<unk>", "<image>")
-_LM_ATTN = r".*language_model\..*self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+# the LM's attention projections: Llama-shaped and OPT (self_attn), BLOOM (self_attention)
+_LM_ATTN = (
+    r".*language_model\..*(self_attn\.(q_proj|k_proj|v_proj|o_proj|out_proj)"
+    r"|self_attention\.(query_key_value|dense))"
+)
 TRAINED_WHOLE = ("qformer", "language_projection")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # the demo (edgevqa/demo.py): from scratch (all weights, the stand-in for pretrained encoders),
