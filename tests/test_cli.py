@@ -8,6 +8,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -56,8 +57,33 @@ def good_image(tmp_path):
 def test_help_lists_commands():
     p = subprocess.run(edgevqa_cmd("--help"), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0
-    for cmd in ("train", "export", "ask", "bench", "demo", "data"):
+    for cmd in ("train", "compose", "export", "ask", "bench", "demo", "data", "--debug"):
         assert cmd in p.stdout
+
+
+def test_output_off_a_terminal_has_no_progress_bars(tmp_path):
+    """Scripted runs (stderr a pipe or a file) get edgevqa's lines, not tqdm's redraws."""
+    p = subprocess.run(
+        edgevqa_cmd("data", "synth", "--out", str(tmp_path / "d"), "--n", "12"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "synth images" not in p.stderr and "it/s" not in p.stderr and "img/s" not in p.stderr
+    assert (tmp_path / "d" / "train.jsonl").is_file()
+
+
+def test_library_warnings_stay_off_stderr_unless_debug(tmp_path):
+    script = (
+        "import sys, warnings\n"
+        "from edgevqa.cli.base import app\n"
+        "from edgevqa.cli.main import main\n"
+        "app.command('noisy')(lambda: warnings.warn('a library speaks', UserWarning))\n"
+        "main(sys.argv[1:])\n"
+    )
+    for args, shown in ((["noisy"], False), (["noisy", "--debug"], True)):
+        p = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert ("a library speaks" in p.stderr) is shown
 
 
 def test_bad_images(tmp_path, bundle):

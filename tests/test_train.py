@@ -197,3 +197,20 @@ def test_a_malformed_test_split_is_an_error_before_training_not_a_missing_report
     with pytest.raises(InputError, match=r"test\.jsonl:\d+"):
         train(cfg, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_off_a_terminal_training_says_its_progress_in_lines_not_a_bar(tmp_path, synth_data, caplog, capsys):
+    """With progress on and stderr not a terminal (as under pytest, in a log file or a pipe), the
+    bar stays off and a line per tenth of the run (at least every 50 steps) says where it is."""
+    import logging
+
+    from edgevqa.train import loop
+
+    cfg = TrainConfig(base="tiny-blip", data=str(synth_data), out=str(tmp_path / "r"), max_steps=100,
+                      lr=1e-3, warmup_steps=2, batch_size=4, eval_every=0, checkpoint_every=0,
+                      image_size=32, threads=1)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="edgevqa.train"):
+        loop.train(cfg, progress=True)
+    steps = [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("step ")]
+    assert steps == ["step 50/100", "step 100/100"]
+    assert "train default" not in capsys.readouterr().err  # (the library's own bars are main()'s)

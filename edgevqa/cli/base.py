@@ -13,6 +13,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Adapt a small VLM to radiology VQA and ship it as a verified, torch-free ONNX bundle.",
 )
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", help="On an error, show the full traceback instead of one line (any command)."
+    ),
+) -> None:
+    """(main() reads --debug wherever it stands and removes it before the app parses the rest; this
+    declares it for --help.)"""
+
+
 data_app = typer.Typer(
     no_args_is_help=True,
     help="Datasets: the synthetic default, public radiology sets, QA from captions, mixtures.",

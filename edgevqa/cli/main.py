@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import sys
+import warnings
 
 import typer
 
@@ -30,6 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     setup_logging()
+    if not debug:  # libraries' Python warnings are not the user's to act on (--debug shows them)
+        warnings.simplefilter("ignore")
+    if not sys.stderr.isatty():  # edgevqa's own bars follow stderr too (tqdm's disable=None)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # and transformers' with it
     try:
         app(args=argv, prog_name="edgevqa", standalone_mode=False)
     except EdgeVQAError as e:

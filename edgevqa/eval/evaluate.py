@@ -134,7 +134,7 @@ def answer_bundle(cfg: EvalConfig, records: list[VQARecord], progress: bool = Fa
 
     pipe = VQAPipeline.from_bundle(cfg.model, cfg.precision, cfg.threads, backend=cfg.backend)
     greedy, samples = [], []
-    for i, r in enumerate(tqdm(records, desc="bundle answers", disable=not progress, leave=False)):
+    for i, r in enumerate(tqdm(records, desc="bundle answers", disable=not progress or None, leave=False)):
         image = r.image_path(cfg.data)
         greedy.append(pipe.ask(image, r.question).text)
         if cfg.samples:
@@ -165,7 +165,7 @@ def answer_run(cfg: EvalConfig, records: list[VQARecord], progress: bool = False
     if cfg.samples and cfg.sampling.temperature == 0:  # greedy: every sample is the greedy answer
         samples = [[g] * cfg.samples for g in greedy]
     elif cfg.samples:
-        for i in tqdm(range(len(records)), desc="pytorch samples", disable=not progress, leave=False):
+        for i in tqdm(range(len(records)), desc="pytorch samples", disable=not progress or None, leave=False):
             torch.manual_seed(int(question_seed(cfg.seed, i).generate_state(1)[0]))
             samples.append(fam.sample_answers(merged.loaded, enc, images, i, cfg.samples, cfg.sampling, tcfg))
     return Answers(greedy, samples if cfg.samples else None, {"kind": "run", "backend": "pytorch"})

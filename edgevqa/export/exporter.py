@@ -301,7 +301,7 @@ class Validator:
         graphs = validate.compare_graphs(self.model, self.spec, pipe.sessions, self.feeds)
         ids, texts, same, total = [], [], 0, 0
         pairs = list(zip(self.records, self.enc.image_paths, self.ref.token_ids))
-        for r, path, ref in tqdm(pairs, desc=f"onnx {p}", disable=not self.progress, leave=False):
+        for r, path, ref in tqdm(pairs, desc=f"onnx {p}", disable=not self.progress or None, leave=False):
             a = pipe.ask(path, r.question)
             ids.append(a.token_ids)
             texts.append(a.text)

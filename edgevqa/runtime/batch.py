@@ -200,7 +200,7 @@ def run_batch(
     out.parent.mkdir(parents=True, exist_ok=True)
     answered = errors = 0
     images = _LastImage(questions.parent, load)
-    with open(out, "a", encoding="utf-8") as f, tqdm(todo, unit="q", disable=not progress) as bar:
+    with open(out, "a", encoding="utf-8") as f, tqdm(todo, unit="q", disable=not progress or None) as bar:
         for i, q in enumerate(bar, start=1):
             rec = _answer_one(q, images, answer)
             if "error" in rec:

@@ -35,7 +35,7 @@ def generate_answers(
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for idx in tqdm(batches, desc="pytorch generate", disable=not progress, leave=False):
+        for idx in tqdm(batches, desc="pytorch generate", disable=not progress or None, leave=False):
             out = generate_batch(model, enc, images, idx, max_answer_tokens)
             for i, seq in zip(idx, out):
                 ids[i] = strip_answer(seq, tokenizer.sep_token_id, tokenizer.pad_token_id)

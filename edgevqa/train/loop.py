@@ -269,9 +269,14 @@ def _train(
 
     task.module.train()
     bar = tqdm(
-        total=total, initial=step, desc=f"train {cfg.recipe}", disable=not progress, dynamic_ncols=True
+        total=total,
+        initial=step,
+        desc=f"train {cfg.recipe}",
+        disable=not progress or None,
+        dynamic_ncols=True,
     )
     t0, losses, parts = time.perf_counter(), [], {}
+    tenth = max(50, -(-total // 500) * 50)  # a multiple of the 50-step metrics rows
     while step < total:
         lr = get_lr(step, total, cfg)
         for g in opt.param_groups:
@@ -286,8 +291,12 @@ def _train(
         if cfg.patience and step % steps_per_epoch == 0:
             stop = end_of_epoch(run, task, early, step, step // steps_per_epoch, cfg, bar)
         if step % 50 == 0 or step == total or stop:
-            log_training(run, bar, step / steps_per_epoch, step, lr, time.perf_counter() - t0, losses, parts)
+            elapsed = time.perf_counter() - t0
+            loss = log_training(run, bar, step / steps_per_epoch, step, lr, elapsed, losses, parts)
             losses, parts = [], {}
+            if progress and bar.disable and (step % tenth == 0 or step == total or stop):
+                # off a terminal the bar is off: a line per tenth of the run instead
+                log.info("step %d/%d: loss %.3f, lr %.1e, %.0f s", step, total, loss, lr, elapsed)
         if stop:
             bar.write(f"early stopping: no better validation score for {cfg.patience} epochs")
             break
@@ -356,13 +365,15 @@ def optimizer_step(
 
 def log_training(
     run: Path, bar: Any, epoch: float, step: int, lr: float, elapsed: float, losses: list, parts: dict
-) -> None:
-    """One metrics.jsonl row: mean loss (and the task's logged values) since the previous row."""
+) -> float:
+    """One metrics.jsonl row: mean loss (and the task's logged values) since the previous row; the
+    mean loss."""
     row = {"step": step, "epoch": round(epoch, 3), "loss": float(np.mean(losses)), "lr": lr}
     row["elapsed_s"] = round(elapsed, 2)
     row.update({key: float(np.mean(v)) for key, v in parts.items()})
     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
     checkpoint.append_metrics(run, row)
+    return row["loss"]
 
 
 def end_of_epoch(

@@ -85,7 +85,7 @@ def generate_answers(
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for idx in tqdm(batches, desc="pytorch generate", disable=not progress, leave=False):
+        for idx in tqdm(batches, desc="pytorch generate", disable=not progress or None, leave=False):
             prompt = torch.tensor([enc.prompt_ids[i] for i in idx], device=device)
             pixels = torch.from_numpy(np.stack([images.get(enc.image_paths[i]) for i in idx])).to(device)
             out = _generate(

@@ -451,3 +451,21 @@ def test_what_compose_cannot_hold_is_refused_in_one_line_and_nothing_is_written(
             ]
         )
     assert e.value.code == 2 and [p.name for p in (tmp_path / "taken").iterdir()] == ["keep"]
+
+
+def test_compose_from_the_command_line_prints_its_lines_and_no_library_bars(tmp_path, parts):
+    import subprocess
+
+    from conftest import edgevqa_cmd
+
+    d, _ = parts
+    p = subprocess.run(
+        edgevqa_cmd("compose", "--vision", str(d / "oc-bin"), "--lm", str(d / "bloom"), "--out",
+                    str(tmp_path / "base"), "--queries", "4", "--qformer-layers", "1"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == f"BLIP-2 base written to {tmp_path / 'base'}"
+    assert "it/s" not in p.stderr and "Traceback" not in p.stderr and "Warning" not in p.stderr
+    cfg = json.loads((tmp_path / "base" / "config.json").read_text())
+    assert cfg["num_query_tokens"] == 4 and cfg["qformer_config"]["num_hidden_layers"] == 1

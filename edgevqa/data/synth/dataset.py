@@ -140,7 +140,7 @@ def generate(
     splits = _assign_splits(images, cfg.seed)
     with atomic.directory(out, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
-        for im in tqdm(images, desc="synth images", unit="img", disable=not progress):
+        for im in tqdm(images, desc="synth images", unit="img", disable=not progress or None):
             rng = np.random.default_rng([cfg.seed, im.index, 1])
             img = render_image(im.modality, im.region, list(im.lesions), rng, cfg.image_size)
             img.save(tmp / "images" / f"{im.index:06d}.png", format="PNG")
