@@ -11,7 +11,7 @@ vision model and are refused.
 
 Example:
     >>> compose("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-    ...         "StanfordAIMI/RadBloomz-7b", Path("biomedclip-radbloomz"))  # doctest: +SKIP
+    ...         "models/RadBloomz-7b", Path("biomedclip-radbloomz"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
