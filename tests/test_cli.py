@@ -194,24 +194,38 @@ def test_what_the_machine_refuses_is_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == f"error: No space left on device: {tmp_path / 'data' / 'x.png'}"
 
 
-def test_an_export_step_keeps_the_type_of_what_failed_in_it():
+def test_an_export_step_keeps_the_type_of_what_failed_in_it(caplog):
+    """A user's error in a step is its own one line (no "step failed" log line before it); a bug
+    keeps its type and gets the step's line, to say where it happened."""
     from edgevqa.errors import BundleError
-    from edgevqa.export.exporter import step
+    from edgevqa.export.exporter import log, step
 
+    log.addHandler(caplog.handler)  # (main() elsewhere in the session stops edgevqa's propagation)
     with pytest.raises(BundleError, match="^broken$"), step("quantize"):
         raise BundleError("broken")
+    assert not [r for r in caplog.records if "quantize" in r.getMessage()]
+    with pytest.raises(KeyError), step("quantize"):
+        raise KeyError("bug")
+    log.removeHandler(caplog.handler)
+    assert {r.getMessage().split(" failed")[0] for r in caplog.records} == {"export step 'quantize'"}
 
 
-def test_a_hub_id_without_a_reachable_hub_fails_at_once_naming_the_local_folder_way(tmp_path, synth_data):
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_a_hub_id_without_a_reachable_hub_fails_at_once_naming_the_local_folder_way(
+    tmp_path, synth_data, command
+):
+    """No hub: the local cache alone is read, no retries (they took ~50 s: the bound below is for
+    a hang, not a speed), and the line names the way that works offline."""
+    import time
+
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE", None)
-    p = subprocess.run(
-        edgevqa_cmd("train", "--base", "someone/some-vlm", "--data", str(synth_data), "--out", "run"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=env,
-    )
+    args = {
+        "train": ("train", "--base", "someone/some-vlm", "--data", str(synth_data), "--out", "run"),
+        "export": ("export", "someone/some-vlm", "--data", str(synth_data), "--out", "run"),
+    }[command]
+    t0 = time.monotonic()
+    p = subprocess.run(edgevqa_cmd(*args), capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert time.monotonic() - t0 < 40
     assert_user_error(p, "cannot read 'someone/some-vlm': it is not in the local cache", "--local-dir DIR")
     assert not (tmp_path / "run").exists()

@@ -290,6 +290,30 @@ def test_tensorrt_provider_options_cache_engines():
         backends.providers("trt-engine")
 
 
+def test_the_tensorrt_provider_keeps_its_engines_outside_the_sealed_bundle(bundle, tmp_path, monkeypatch):
+    """--backend tensorrt: onnxruntime's TensorRT provider writes the engines it builds to the
+    machine-local cache (keyed by the verified graph's sha256), never into the bundle, whose
+    manifest lists every file."""
+    from edgevqa.bundle import load_manifest
+    from edgevqa.runtime import pipeline
+
+    seen, real = [], backends.providers
+
+    def providers(backend, cache_dir=None, fp16=False):  # no TensorRT here: record, then run on CPU
+        seen.append((backend, cache_dir))
+        return real("cpu")
+
+    monkeypatch.setattr(backends, "providers", providers)
+    monkeypatch.setenv("EDGEVQA_CACHE_DIR", str(tmp_path / "cache"))
+    before = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*"))
+    m = load_manifest(bundle, verify=True)
+    pipeline._load_graph(bundle, m, "fp32", "vision_encoder", "tensorrt", 1, verify=True)
+    (backend, where), sha = seen[-1], m.files[m.precisions["fp32"]["vision_encoder"]]["sha256"]
+    assert backend == "tensorrt" and where == tmp_path / "cache" / "tensorrt-ep" / sha[:32]
+    assert where.is_dir() and bundle.resolve() not in where.resolve().parents
+    assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*")) == before
+
+
 def test_choose_runs_engines_only_where_they_were_built(bundle, monkeypatch):
     from edgevqa.bundle import load_manifest
     from edgevqa.runtime.pipeline import choose

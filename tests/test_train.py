@@ -201,16 +201,19 @@ def test_a_malformed_test_split_is_an_error_before_training_not_a_missing_report
 
 def test_off_a_terminal_training_says_its_progress_in_lines_not_a_bar(tmp_path, synth_data, caplog, capsys):
     """With progress on and stderr not a terminal (as under pytest, in a log file or a pipe), the
-    bar stays off and a line per tenth of the run (at least every 50 steps) says where it is."""
+    bar stays off and a line per tenth of the run (at least every 50 steps) says where it is; a
+    warm-up the run is too short for (300 steps asked, 100 run) is cut and said so."""
     import logging
 
     from edgevqa.train import loop
 
     cfg = TrainConfig(base="tiny-blip", data=str(synth_data), out=str(tmp_path / "r"), max_steps=100,
-                      lr=1e-3, warmup_steps=2, batch_size=4, eval_every=0, checkpoint_every=0,
+                      lr=1e-3, warmup_steps=300, batch_size=4, eval_every=0, checkpoint_every=0,
                       image_size=32, threads=1)  # fmt: skip
     with caplog.at_level(logging.INFO, logger="edgevqa.train"):
         loop.train(cfg, progress=True)
     steps = [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("step ")]
     assert steps == ["step 50/100", "step 100/100"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith("warm-up of 300 steps in a 100-step run") for w in warned), warned
     assert "train default" not in capsys.readouterr().err  # (the library's own bars are main()'s)

@@ -108,3 +108,21 @@ def test_the_cli_ends_hostile_images_in_one_line(tmp_path, bundle):
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr
         assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("when", ["open", "decode"])
+def test_an_io_error_while_reading_an_image_is_one_input_error(tmp_path, monkeypatch, when):
+    """A disk or network share failing under PIL (EIO) while it opens or decodes the file."""
+    import errno
+
+    from PIL import ImageFile
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(path)
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(*((Image, "open", fail) if when == "open" else (ImageFile.ImageFile, "load", fail)))
+    with pytest.raises(InputError, match=r"scan\.png .*Input/output error"):
+        load_image(path)
