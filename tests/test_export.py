@@ -204,8 +204,14 @@ def test_static_int8_is_calibrated_qdq_that_loads_and_agrees(lora_run, tmp_path,
     )
     fid = json.loads((out / "fidelity.json").read_text())
     assert fid["precisions"]["int8-static"]["answer_agreement"] >= 0.98
-    ops = {n.op_type for n in onnx.load(str(out / "int8-static" / "decoder_step.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # explicit quantization, as TensorRT wants
+    graph = onnx.load(str(out / "int8-static" / "decoder_step.onnx")).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}  # as TensorRT wants
+    # weights in 7 bits: full-range int8 x int8 saturates the int16 sums of CPUs without VNNI (AVX2
+    # only), where this run's int8-static answered 0% like PyTorch (measured on an AMD Zen 3)
+    weights = [
+        onnx.numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8
+    ]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
     rec = load_split(synth_data, "test")[0]
     assert VQAPipeline.from_bundle(out, precision="int8-static").ask(rec.image_path(synth_data), rec.question)
     # the recorder sees every graph call: one vision + one question pass per item, one call per decoder step
