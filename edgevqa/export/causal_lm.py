@@ -41,9 +41,7 @@ class Decoder(nn.Module):
         self.n_heads, self.n_kv = cfg.num_attention_heads, kv_heads(cfg)
         self.head_dim = head_dim(cfg)
         self.final_cap = getattr(cfg, "final_logit_softcapping", None)
-        # as a transposed constant of its own the int8 and int4 quantizers see a plain weight
-        # instead of a Transpose of the embedding's table (the head is often tied to it)
-        self.lm_weight = nn.Parameter(head.detach().t().contiguous(), requires_grad=False)
+        self.lm_weight = head_weight(head)
 
     def attend(self, attn: nn.Module, x, cos, sin, past: tuple | None, bias: torch.Tensor):
         b, t, _ = x.shape
@@ -51,16 +49,13 @@ class Decoder(nn.Module):
         k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = self.apply_rope(q, k, cos, sin)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        k, v = with_past(k, v, past)
         rep = self.n_heads // self.n_kv
         scores = torch.matmul(q, self.repeat_kv(k, rep).transpose(2, 3)) * attn.scaling
         cap = getattr(attn, "attn_logit_softcapping", None)  # Gemma 2: capped before the mask
         if cap is not None:
             scores = torch.tanh(scores / cap) * cap
-        probs = torch.softmax(scores + bias, dim=-1, dtype=torch.float32).to(q.dtype)
-        ctx = torch.matmul(probs, self.repeat_kv(v, rep)).transpose(1, 2).reshape(b, t, -1)
-        return attn.o_proj(ctx), k, v
+        return attn.o_proj(context(scores, bias, self.repeat_kv(v, rep))), k, v
 
     def forward(
         self,
@@ -85,8 +80,7 @@ class Decoder(nn.Module):
             else:
                 x = x + h
                 x = x + layer.mlp(layer.post_attention_layernorm(x))
-        picked = torch.gather(x, 1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
-        logits = torch.matmul(self.norm(picked), self.lm_weight)
+        logits = torch.matmul(self.norm(pick(x, logit_positions)), self.lm_weight)
         if self.final_cap is not None:
             logits = torch.tanh(logits / self.final_cap) * self.final_cap
         return logits, torch.stack(keys), torch.stack(values)
@@ -107,7 +101,19 @@ class OPTDecoder(nn.Module):
         )
         self.offset = getattr(decoder.embed_positions, "offset", 2)
         self.n_heads, self.head_dim = cfg.num_attention_heads, head_dim(cfg)
-        self.lm_weight = nn.Parameter(head.detach().t().contiguous(), requires_grad=False)
+        self.lm_weight = head_weight(head)
+
+    @staticmethod
+    def refusal(cfg: Any) -> str | None:
+        if (
+            not cfg.do_layer_norm_before
+            or getattr(cfg, "word_embed_proj_dim", cfg.hidden_size) != cfg.hidden_size
+        ):
+            return (
+                "OPT with post-norm layers or a projected embedding (opt-350m's shape) "
+                "is not exported by edgevqa"
+            )
+        return None
 
     def forward(
         self,
@@ -126,17 +132,12 @@ class OPTDecoder(nn.Module):
             q = (attn.q_proj(h) * attn.scaling).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            if past_key is not None:
-                k, v = torch.cat([past_key[i], k], dim=2), torch.cat([past_value[i], v], dim=2)
+            k, v = with_past(k, v, None if past_key is None else (past_key[i], past_value[i]))
             keys.append(k)
             values.append(v)
-            probs = torch.softmax(
-                torch.matmul(q, k.transpose(2, 3)) + attention_bias, dim=-1, dtype=torch.float32
-            )
-            ctx = torch.matmul(probs.to(q.dtype), v).transpose(1, 2).reshape(b, t, -1)
-            x = x + attn.out_proj(ctx)
+            x = x + attn.out_proj(context(torch.matmul(q, k.transpose(2, 3)), attention_bias, v))
             x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
-        picked = torch.gather(x, 1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
+        picked = pick(x, logit_positions)
         if self.norm is not None:
             picked = self.norm(picked)
         return torch.matmul(picked, self.lm_weight), torch.stack(keys), torch.stack(values)
@@ -162,7 +163,13 @@ class BloomDecoder(nn.Module):
         self.n_heads, self.head_dim = cfg.num_attention_heads, head_dim(cfg)
         self.post_norm_residual = bool(cfg.apply_residual_connection_post_layernorm)
         self.register_buffer("slopes", _get_alibi_slopes(self.n_heads, torch.device("cpu"))[:, None, None])
-        self.lm_weight = nn.Parameter(head.detach().t().contiguous(), requires_grad=False)
+        self.lm_weight = head_weight(head)
+
+    @staticmethod
+    def refusal(cfg: Any) -> str | None:
+        if cfg.pretraining_tp > 1 and cfg.slow_but_exact:
+            return "BLOOM with slow_but_exact sliced matmuls is not exported by edgevqa (set it false)"
+        return None
 
     def forward(
         self,
@@ -181,30 +188,59 @@ class BloomDecoder(nn.Module):
             attn, h = layer.self_attention, layer.input_layernorm(x)
             qkv = attn.query_key_value(h).view(b, t, self.n_heads, 3, self.head_dim)
             q, k, v = (qkv[..., j, :].transpose(1, 2) for j in range(3))
-            if past_key is not None:
-                k, v = torch.cat([past_key[i], k], dim=2), torch.cat([past_value[i], v], dim=2)
+            k, v = with_past(k, v, None if past_key is None else (past_key[i], past_value[i]))
             keys.append(k)
             values.append(v)
             scores = alibi + torch.matmul(q, k.transpose(2, 3)) * attn.inv_norm_factor
-            probs = torch.softmax(scores + attention_bias, dim=-1, dtype=torch.float32)
-            ctx = torch.matmul(probs.to(q.dtype), v).transpose(1, 2).reshape(b, t, -1)
-            x = (h if self.post_norm_residual else x) + attn.dense(ctx)
+            x = (h if self.post_norm_residual else x) + attn.dense(context(scores, attention_bias, v))
             h = layer.post_attention_layernorm(x)
             x = (h if self.post_norm_residual else x) + layer.mlp.dense_4h_to_h(
                 layer.mlp.gelu_impl(layer.mlp.dense_h_to_4h(h))
             )
-        picked = torch.gather(x, 1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
-        return torch.matmul(self.norm(picked), self.lm_weight), torch.stack(keys), torch.stack(values)
+        logits = torch.matmul(self.norm(pick(x, logit_positions)), self.lm_weight)
+        return logits, torch.stack(keys), torch.stack(values)
+
+
+# text models whose layers are not Llama-shaped: their writeout and where it finds their stack
+OTHER_SHAPES = {
+    "opt": (OPTDecoder, lambda lm: lm.model.decoder),
+    "bloom": (BloomDecoder, lambda lm: lm.transformer),
+}
 
 
 def writeout(lm: nn.Module, cfg: Any) -> nn.Module:
     """The decoder graph's module for a ``*ForCausalLM`` ``lm`` with text config ``cfg``."""
     head = lm.get_output_embeddings().weight
-    if cfg.model_type == "opt":
-        return OPTDecoder(lm.model.decoder, cfg, head)
-    if cfg.model_type == "bloom":
-        return BloomDecoder(lm.transformer, cfg, head)
+    if cfg.model_type in OTHER_SHAPES:
+        cls, stack = OTHER_SHAPES[cfg.model_type]
+        return cls(stack(lm), cfg, head)
     return Decoder(lm.model, cfg, head)
+
+
+def head_weight(head: torch.Tensor) -> nn.Parameter:
+    """The LM head [V, D] as a transposed constant of its own: the int8 and int4 quantizers then
+    see a plain weight instead of a Transpose of the embedding's table (the head is often tied)."""
+    return nn.Parameter(head.detach().t().contiguous(), requires_grad=False)
+
+
+def with_past(k: torch.Tensor, v: torch.Tensor, past: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new keys and values after the cached ones (along the sequence axis)."""
+    if past is None:
+        return k, v
+    return torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+
+
+def context(scores: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention's output with the heads merged [B, T, H*d]: softmax over the masked scores in
+    fp32 (as transformers does), then the values."""
+    b, _, t, _ = scores.shape
+    probs = torch.softmax(scores + bias, dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(probs, v).transpose(1, 2).reshape(b, t, -1)
+
+
+def pick(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The hidden states at ``positions`` [B, N] only: the LM head runs on those rows."""
+    return torch.gather(x, 1, positions[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def kv_heads(cfg: Any) -> int:
@@ -228,15 +264,9 @@ def check_text_model(cfg: Any, positions: int, types: tuple[str, ...], what: str
             f"{what} with a {cfg.model_type!r} text model is not exported by edgevqa "
             f"(it exports {', '.join(types)})"
         )
-    if cfg.model_type == "opt" and (
-        not cfg.do_layer_norm_before
-        or getattr(cfg, "word_embed_proj_dim", cfg.hidden_size) != cfg.hidden_size
-    ):
-        raise InputError(
-            "OPT with post-norm layers or a projected embedding (opt-350m's shape) is not exported by edgevqa"
-        )
-    if cfg.model_type == "bloom" and cfg.pretraining_tp > 1 and cfg.slow_but_exact:
-        raise InputError("BLOOM with slow_but_exact sliced matmuls is not exported by edgevqa (set it false)")
+    shape = OTHER_SHAPES.get(cfg.model_type)
+    if shape is not None and (why := shape[0].refusal(cfg)):
+        raise InputError(why)
     rope = str((getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default"))
     if "dynamic" in rope or "longrope" in rope:
         raise InputError(f"rope type {rope!r} is not exported by edgevqa (static RoPE only)")
