@@ -28,3 +28,9 @@ class ValidationError(EdgeVQAError):
     """An export whose graphs do not reproduce PyTorch closely enough (the fidelity gate)."""
 
     exit_code = 3
+
+
+def first_line(e: BaseException) -> str:
+    """A library exception as the tail of one user-facing line: its first line, or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

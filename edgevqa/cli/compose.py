@@ -36,11 +36,8 @@ def compose(
     """Compose a Q-Former base: the vision encoder as BLIP-2's vision model (weight for weight), a
     new Q-Former and projection, the causal LM and its tokenizer, written as a BLIP-2 folder."""
     need("torch", "transformers")
-    from edgevqa.errors import InputError
     from edgevqa.train.families.qformer_compose import QFORMER, compose
 
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out} already exists; pass --overwrite to replace it")
     folder = compose(
         vision, lm, out, queries, {**QFORMER, "num_hidden_layers": qformer_layers}, seed, overwrite
     )

@@ -15,7 +15,7 @@ import torch
 
 from edgevqa import config
 from edgevqa.config import TrainConfig
-from edgevqa.errors import InputError, ValidationError
+from edgevqa.errors import InputError, ValidationError, first_line
 from edgevqa.families import registry
 from edgevqa.train.base import Loaded
 
@@ -50,7 +50,7 @@ def load_adapted(base: Loaded, adapter: Path) -> Loaded:
         PeftConfig.from_pretrained(str(adapter))
         model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise InputError(f"cannot apply the adapter in {adapter} to {base.source}: {first}") from None
     return Loaded(model, base.tokenizer, base.image, base.source, base.family, base.extra)
 

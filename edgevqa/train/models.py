@@ -15,7 +15,7 @@ from typing import Any
 
 from edgevqa._deps import hub_kwargs
 from edgevqa.bundle import ImageSpec
-from edgevqa.errors import InputError
+from edgevqa.errors import InputError, first_line
 from edgevqa.train.base import PIL_CODE, Loaded, image_spec_of, resolve_model_dir  # noqa: F401 (re-exported)
 from edgevqa.train.tokenizer import as_saved
 
@@ -130,7 +130,7 @@ def load_pretrained(base: str) -> Loaded:
         model = BlipForQuestionAnswering.from_pretrained(src, use_safetensors=True, **hub_kwargs(src))
         tokenizer = AutoTokenizer.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise InputError(f"cannot load BLIP VQA model {base!r}: {first}") from None
     try:
         ip = BlipImageProcessorPil.from_pretrained(src, **hub_kwargs(src))

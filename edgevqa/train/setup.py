@@ -21,7 +21,7 @@ from edgevqa import config
 from edgevqa.config import CAPTION_RECIPES, TrainConfig
 from edgevqa.data.captions import load_captions, load_optional_captions
 from edgevqa.data.records import load_optional_split, load_split
-from edgevqa.errors import InputError
+from edgevqa.errors import InputError, first_line
 from edgevqa.families import registry
 from edgevqa.train import base as train_base
 from edgevqa.train.tokenizer import as_saved
@@ -107,7 +107,7 @@ def hub_model_type(model_id: str) -> str:
             raise InputError(
                 f"cannot read {model_id!r}: it is not in the local cache{hub_offline_hint(offline)}"
             ) from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise InputError(f"cannot read {model_id!r}: {first}{hub_offline_hint(False)}") from None
 
 

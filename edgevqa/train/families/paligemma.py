@@ -25,7 +25,7 @@ from edgevqa._deps import hub_kwargs
 from edgevqa.bundle import ImageSpec
 from edgevqa.config import TrainConfig
 from edgevqa.demo import Stage
-from edgevqa.errors import InputError
+from edgevqa.errors import InputError, first_line
 from edgevqa.families import registry
 from edgevqa.train import lora, prefix_lm
 from edgevqa.train.base import PIL_CODE, Generated, Loaded, image_spec_of, resolve_model_dir
@@ -224,7 +224,7 @@ def load_pretrained(base: str) -> Loaded:
         )
         proc = PaliGemmaProcessor.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise InputError(f"cannot load PaliGemma model {base!r}: {first}") from None
     settings = Path(src) / SETTINGS
     prompt = json.loads(settings.read_text("utf-8")).get("prompt") if settings.is_file() else None

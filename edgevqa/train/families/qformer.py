@@ -42,7 +42,7 @@ from edgevqa.bundle import ImageSpec
 from edgevqa.config import TrainConfig
 from edgevqa.data.records import VQARecord
 from edgevqa.demo import Stage
-from edgevqa.errors import InputError
+from edgevqa.errors import InputError, first_line
 from edgevqa.families import registry
 from edgevqa.train import lora, prefix_lm
 from edgevqa.train.base import PIL_CODE, Generated, Loaded, image_spec_of, resolve_model_dir
@@ -255,7 +255,7 @@ def load_pretrained(base: str) -> Loaded:
         model = Blip2ForConditionalGeneration.from_pretrained(src, use_safetensors=True, **hub_kwargs(src))
         proc = Blip2Processor.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise InputError(f"cannot load BLIP-2 model {base!r}: {first}") from None
     check_language_model(model, base)
     settings = Path(src) / SETTINGS

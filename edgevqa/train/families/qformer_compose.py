@@ -25,7 +25,7 @@ from typing import Any
 from edgevqa import atomic
 from edgevqa._deps import hub_kwargs
 from edgevqa.bundle import ImageSpec
-from edgevqa.errors import InputError
+from edgevqa.errors import InputError, first_line
 from edgevqa.train.base import PIL_CODE, Loaded, image_spec_of, resolve_model_dir
 from edgevqa.train.families import qformer as qf
 
@@ -196,7 +196,7 @@ def load_vision(source: str) -> Vision:
         )
         ip = AutoImageProcessor.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot load vision model {source!r}: {str(e).strip().splitlines()[0]}") from None
+        raise InputError(f"cannot load vision model {source!r}: {first_line(e)}") from None
     return from_vit(model, image_spec_of(ip, model.config.image_size, source), source)
 
 
@@ -269,11 +269,14 @@ def compose(
     unless all of it is (``out`` appears whole or not at all).
 
     Raises:
-        InputError: a part that cannot be loaded or that the family cannot export (one line).
+        InputError: a part that cannot be loaded or that the family cannot export, or an existing
+            ``out`` without ``overwrite`` (one line, before anything is loaded).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration
 
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} already exists; pass --overwrite to replace it")  # before any loading
     v = load_vision(vision)
     local = resolve_model_dir(lm)
     src = str(local) if local else lm
@@ -281,7 +284,7 @@ def compose(
         text = AutoModelForCausalLM.from_pretrained(src, use_safetensors=True, **hub_kwargs(src))
         tok = AutoTokenizer.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot load causal LM {lm!r}: {str(e).strip().splitlines()[0]}") from None
+        raise InputError(f"cannot load causal LM {lm!r}: {first_line(e)}") from None
     if "<image>" not in tok.get_vocab():
         tok.add_tokens(["<image>"], special_tokens=True)
     if len(tok) > text.get_input_embeddings().num_embeddings:
