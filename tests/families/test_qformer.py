@@ -6,6 +6,7 @@ refused."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -469,3 +470,41 @@ def test_compose_from_the_command_line_prints_its_lines_and_no_library_bars(tmp_
     assert "it/s" not in p.stderr and "Traceback" not in p.stderr and "Warning" not in p.stderr
     cfg = json.loads((tmp_path / "base" / "config.json").read_text())
     assert cfg["num_query_tokens"] == 4 and cfg["qformer_config"]["num_hidden_layers"] == 1
+
+
+def _probe_script():
+    """benchmarks/qformer_probe.py (a script, not a package) as a module."""
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "benchmarks" / "qformer_probe.py"
+    spec = importlib.util.spec_from_file_location("qformer_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_probe_script_reads_features_and_scores_by_hand_computed_cases(qf_base, qf_data):
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    script = _probe_script()
+    items = script.images_with(qf_data, "train", "lesion_image_half", 10_000)
+    records = [json.loads(line) for line in (qf_data / "train.jsonl").read_text().splitlines()]
+    with_lesion = {r["image"] for r in records if r["meta"]["lesion_count"] > 0}
+    assert sorted(str(p.relative_to(qf_data)) for p, _ in items) == sorted(with_lesion)  # each once
+    assert {v for _, v in items} == {"left", "right"}
+
+    y, yt = torch.tensor([0] * 7 + [1] * 3), torch.tensor([0, 1, 1, 1])
+    separable = lambda labels: (2.0 * labels - 1)[:, None].repeat(1, 3)  # noqa: E731
+    assert script.probe(separable(y), y, separable(yt), yt) == (1.0, 1.0)
+    constant = lambda labels: torch.zeros(len(labels), 3)  # noqa: E731
+    # nothing to read: every image gets the train majority, class 0 (7 of 10 train, 1 of 4 test)
+    assert script.probe(constant(y), y, constant(yt), yt) == pytest.approx((0.7, 0.25))
+
+    model = Blip2ForConditionalGeneration.from_pretrained(qf_base / "model").eval()
+    processor = Blip2Processor.from_pretrained(qf_base / "model")
+    f = script.features(model, processor, items[:5])
+    tokens = 1 + (model.config.vision_config.image_size // 16) ** 2  # [CLS] + patches
+    assert f["vision tokens"].shape == (5, tokens * 128) and f["vision mean"].shape == (5, 128)
+    assert torch.allclose(f["vision mean"], f["vision tokens"].view(5, tokens, 128).mean(1), atol=1e-6)
+    assert f["queries"].shape == f["projection"].shape == (5, model.config.num_query_tokens * 128)
