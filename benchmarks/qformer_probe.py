@@ -4,13 +4,13 @@ tokens, their mean, the Q-Former's query outputs and what the LM receives (the p
 
 Why: when a category stays at chance after training, this says whether the vision encoder lost
 it, the Q-Former's fixed queries pooled it away, or the LM never learned to read it. It measured
-the demo's base (README, "The Q-Former family"): the side was in the vision tokens (99%) and in
-the projection (84%) while the model's answers were at chance, so the base got more steps.
+the demo's base (README, "The Q-Former family"): the side was in the vision tokens (99.4%) and in
+the projection (84.8%) while the model's answers were at chance, so the base got more steps.
 
     python benchmarks/qformer_probe.py RUN DATA [--fact lesion_image_half] [--train 1500 --test 600]
 
 RUN is a qformer training run (or a BLIP-2 folder with its processor); DATA a synthetic dataset
-(`edgevqa synth`). Probes: logistic regression (L-BFGS, L2 1e-3) on standardised features of the
+(`edgevqa data synth`). Probes: logistic regression (L-BFGS, L2 1e-3) on standardised features of the
 train split's images with a lesion, accuracy on the test split's. Prints a Markdown table, then
 one line of JSON.
 """

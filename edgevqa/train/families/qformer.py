@@ -68,8 +68,9 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 # the demo (edgevqa/demo.py): from scratch (all weights, the stand-in for pretrained encoders),
 # then stage 1 on the synthetic captions and stage 3 on the synthetic VQA, both LoRA + Q-Former.
 # The base's budget is what the lesion's side needs: at 4000 steps (lr 1e-3 or 5e-4) it stayed at
-# chance although a linear probe reads it from the Q-Former's output (87% at 5e-4); at 6000 steps
-# and 5e-4 it is learned (test: side 95.8% closed / 88.0% open; AMD EPYC Zen 3, README)
+# chance although a linear probe reads it from what the LM receives (84.8% at 5e-4,
+# benchmarks/qformer_probe.py); at 6000 steps and 5e-4 it is learned (the base's test: side 91.5%
+# closed / 88.0% open; AMD EPYC Zen 3, README "The Q-Former family")
 DEMO_STAGES = (
     Stage("base", base="tiny-qformer", steps=6000, fast_steps=40, lr=5e-4, warmup=300),
     Stage("caption", recipe="qformer-caption", steps=150, fast_steps=10, lr=3e-4, warmup=0),
