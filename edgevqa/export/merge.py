@@ -50,8 +50,7 @@ def load_adapted(base: Loaded, adapter: Path) -> Loaded:
         PeftConfig.from_pretrained(str(adapter))
         model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        first = first_line(e)
-        raise InputError(f"cannot apply the adapter in {adapter} to {base.source}: {first}") from None
+        raise InputError(f"cannot apply the adapter in {adapter} to {base.source}: {first_line(e)}") from None
     return Loaded(model, base.tokenizer, base.image, base.source, base.family, base.extra)
 
 

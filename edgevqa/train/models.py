@@ -130,8 +130,7 @@ def load_pretrained(base: str) -> Loaded:
         model = BlipForQuestionAnswering.from_pretrained(src, use_safetensors=True, **hub_kwargs(src))
         tokenizer = AutoTokenizer.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        first = first_line(e)
-        raise InputError(f"cannot load BLIP VQA model {base!r}: {first}") from None
+        raise InputError(f"cannot load BLIP VQA model {base!r}: {first_line(e)}") from None
     try:
         ip = BlipImageProcessorPil.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError, TypeError) as e:

@@ -107,8 +107,7 @@ def hub_model_type(model_id: str) -> str:
             raise InputError(
                 f"cannot read {model_id!r}: it is not in the local cache{hub_offline_hint(offline)}"
             ) from None
-        first = first_line(e)
-        raise InputError(f"cannot read {model_id!r}: {first}{hub_offline_hint(False)}") from None
+        raise InputError(f"cannot read {model_id!r}: {first_line(e)}{hub_offline_hint(False)}") from None
 
 
 def words_of(texts: list[str]) -> set[str]:

@@ -224,8 +224,7 @@ def load_pretrained(base: str) -> Loaded:
         )
         proc = PaliGemmaProcessor.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        first = first_line(e)
-        raise InputError(f"cannot load PaliGemma model {base!r}: {first}") from None
+        raise InputError(f"cannot load PaliGemma model {base!r}: {first_line(e)}") from None
     settings = Path(src) / SETTINGS
     prompt = json.loads(settings.read_text("utf-8")).get("prompt") if settings.is_file() else None
     extra = {"prompt": prompt or DEFAULT_PROMPT}

@@ -259,8 +259,7 @@ def load_pretrained(base: str) -> Loaded:
         model = Blip2ForConditionalGeneration.from_pretrained(src, use_safetensors=True, **hub_kwargs(src))
         proc = Blip2Processor.from_pretrained(src, **hub_kwargs(src))
     except (OSError, ValueError) as e:
-        first = first_line(e)
-        raise InputError(f"cannot load BLIP-2 model {base!r}: {first}") from None
+        raise InputError(f"cannot load BLIP-2 model {base!r}: {first_line(e)}") from None
     check_language_model(model, base)
     settings = Path(src) / SETTINGS
     prompt = json.loads(settings.read_text("utf-8")).get("prompt") if settings.is_file() else None
