@@ -34,10 +34,14 @@ class Decoder(nn.Module):
 
     def __init__(self, lm: nn.Module, cfg: Any, head: torch.Tensor):
         super().__init__()
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        self.layers, self.norm, self.rotary_emb = lm.layers, lm.norm, lm.rotary_emb
-        self.apply_rope, self.repeat_kv = apply_rotary_pos_emb, repeat_kv
+        self.layers, self.norm, self.rotary_emb = lm.layers, fusable_norm(lm.norm), lm.rotary_emb
+        self.norms = nn.ModuleList(
+            nn.ModuleDict({n: fusable_norm(getattr(layer, n)) for n in LAYER_NORMS if hasattr(layer, n)})
+            for layer in lm.layers
+        )
+        self.apply_rope = apply_rotary_pos_emb
         self.n_heads, self.n_kv = cfg.num_attention_heads, kv_heads(cfg)
         self.head_dim = head_dim(cfg)
         self.final_cap = getattr(cfg, "final_logit_softcapping", None)
@@ -50,12 +54,16 @@ class Decoder(nn.Module):
         v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = self.apply_rope(q, k, cos, sin)
         k, v = with_past(k, v, past)
+        # grouped-query attention without repeat_kv: the ``rep`` query heads of a key-value head
+        # (heads g*rep .. g*rep+rep-1, as repeat_kv pairs them) are rows of one product with its
+        # keys, so the cache is never copied rep times per layer and step
         rep = self.n_heads // self.n_kv
-        scores = torch.matmul(q, self.repeat_kv(k, rep).transpose(2, 3)) * attn.scaling
+        grouped = q.reshape(b, self.n_kv, rep * t, self.head_dim)
+        scores = torch.matmul(grouped, k.transpose(2, 3)).view(b, self.n_heads, t, -1) * attn.scaling
         cap = getattr(attn, "attn_logit_softcapping", None)  # Gemma 2: capped before the mask
         if cap is not None:
             scores = torch.tanh(scores / cap) * cap
-        return attn.o_proj(context(scores, bias, self.repeat_kv(v, rep))), k, v
+        return attn.o_proj(context(scores, bias, v)), k, v
 
     def forward(
         self,
@@ -71,19 +79,65 @@ class Decoder(nn.Module):
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             past = None if past_key is None else (past_key[i], past_value[i])
-            h, k, v = self.attend(layer.self_attn, layer.input_layernorm(x), cos, sin, past, attention_bias)
+            norm = self.norms[i]
+            h, k, v = self.attend(layer.self_attn, norm["input_layernorm"](x), cos, sin, past, attention_bias)
             keys.append(k)
             values.append(v)
-            if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2: norms after attention and MLP
-                x = x + layer.post_attention_layernorm(h)
-                x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+            if "pre_feedforward_layernorm" in norm:  # Gemma 2: norms after attention and MLP
+                x = x + norm["post_attention_layernorm"](h)
+                x = x + norm["post_feedforward_layernorm"](layer.mlp(norm["pre_feedforward_layernorm"](x)))
             else:
                 x = x + h
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
+                x = x + layer.mlp(norm["post_attention_layernorm"](x))
         logits = torch.matmul(self.norm(pick(x, logit_positions)), self.lm_weight)
         if self.final_cap is not None:
             logits = torch.tanh(logits / self.final_cap) * self.final_cap
         return logits, torch.stack(keys), torch.stack(values)
+
+
+LAYER_NORMS = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * scale``: transformers' RMSNorm written the way onnxruntime
+    fuses it into one SimplifiedLayerNormalization kernel (transformers' ``x * rsqrt(...)``
+    exports as seven nodes it leaves alone: Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul)."""
+
+    def __init__(self, scale: torch.Tensor, eps: float):
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone(), requires_grad=False)
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale
+
+
+def fusable_norm(norm: nn.Module) -> nn.Module:
+    """``norm`` as :class:`RMSNorm` when it is one, scaling by its weight (Llama, Qwen 2, Mistral)
+    or by 1 + weight (Gemma): told apart by running the module, never by its name. Any other
+    module is returned as it is."""
+    w = getattr(norm, "weight", None)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if (
+        not isinstance(w, torch.Tensor)
+        or w.dim() != 1
+        or eps is None
+        or getattr(norm, "bias", None) is not None
+    ):
+        return norm
+    x = torch.randn(4, w.shape[0], generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        ref = norm(x.to(w.dtype)).float()
+        for scale in (w, 1.0 + w.float()):
+            candidate = RMSNorm(scale.to(w.dtype), eps)
+            if torch.allclose(candidate(x.to(w.dtype)).float(), ref, rtol=1e-4, atol=1e-5):
+                return candidate
+    return norm
 
 
 class OPTDecoder(nn.Module):
@@ -231,11 +285,14 @@ def with_past(k: torch.Tensor, v: torch.Tensor, past: tuple | None) -> tuple[tor
 
 
 def context(scores: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention's output with the heads merged [B, T, H*d]: softmax over the masked scores in
-    fp32 (as transformers does), then the values."""
-    b, _, t, _ = scores.shape
+    """Attention's output with the heads merged [B, T, H*d]: softmax over the masked scores
+    [B, H, T, S] in fp32 (as transformers does), then the values [B, KV, S, d] of each head's
+    key-value head (KV divides H; grouped as in ``Decoder.attend``)."""
+    b, h, t, s = scores.shape
+    kv = v.shape[1]
     probs = torch.softmax(scores + bias, dim=-1, dtype=torch.float32).to(v.dtype)
-    return torch.matmul(probs, v).transpose(1, 2).reshape(b, t, -1)
+    out = torch.matmul(probs.reshape(b, kv, h // kv * t, s), v).view(b, h, t, -1)
+    return out.transpose(1, 2).reshape(b, t, -1)
 
 
 def pick(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

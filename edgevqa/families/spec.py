@@ -45,7 +45,7 @@ class FamilySpec:
     presets: tuple[str, ...]  # `--base` names built from a config with random weights
     archs: tuple[str, ...]  # `bench --arch` names (random weights, real sizes)
     description: str = ""
-    opset: int = 18
+    opset: int = 20
     # `export --trt` builds engines for it (its axes have TensorRT profile rules in export/tensorrt.py)
     tensorrt: bool = True
 
