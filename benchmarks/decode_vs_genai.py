@@ -26,12 +26,14 @@ Prints a Markdown table; the very last line of stdout is the report as one compa
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,40 +42,49 @@ from edgevqa.bench.runner import latency_stats, machine
 
 def build(arch: str, precision: str, work: Path) -> None:
     """The random-weight model, its LM as a GemmaForCausalLM folder, genai's build and ours."""
+    build_ours(arch, precision, work)
+    genai = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(work / "gemma")]
+    genai += ["-o", str(work / "genai"), "-p", precision, "-e", "cpu", "-c", str(work / "genai-cache")]
+    subprocess.run(genai, check=True, stdout=subprocess.DEVNULL)
+
+
+def build_ours(arch: str, precision: str, work: Path, model: Any = None) -> None:
+    """The random-weight PaliGemma ``arch`` (or ``model``, a PaliGemma given whole): its language
+    model saved as a GemmaForCausalLM folder (``work/gemma``, what genai builds from) and exported
+    by edgevqa (``work/ours``: embed_tokens and decoder_step at ``precision``), with the cache
+    shape in ``work/shape.json``."""
     import torch
     from transformers import GemmaForCausalLM
 
     from edgevqa.export.families import paligemma as xpg
+    from edgevqa.export.onnx import export_graph
     from edgevqa.export.quantize import QUANTIZERS
     from edgevqa.families import registry
     from edgevqa.train.families import paligemma as pg
 
     torch.manual_seed(0)
     tok = pg.build_tokenizer(["yes", "no", "left", "right"], work / "tokenizer")
-    model = pg.arch(arch, tok).model
-    lm = GemmaForCausalLM(model.config.text_config).eval()
+    model = model if model is not None else pg.arch(arch, tok).model
+    text = copy.deepcopy(model.config.text_config)
+    # PaliGemma's Gemma attends bidirectionally over the prefix (transformers sets the flag on
+    # its text config); the folder genai builds from is a plain causal LM, as genai runs it
+    text.use_bidirectional_attention = False
+    lm = GemmaForCausalLM(text).eval()
     lm.model.load_state_dict(model.model.language_model.state_dict())
     lm.lm_head.weight = lm.model.embed_tokens.weight
     lm.save_pretrained(work / "gemma", safe_serialization=True)
     tok.save_pretrained(work / "gemma")
-    genai = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(work / "gemma")]
-    genai += ["-o", str(work / "genai"), "-p", precision, "-e", "cpu", "-c", str(work / "genai-cache")]
-    subprocess.run(genai, check=True, stdout=subprocess.DEVNULL)
     spec = registry.get("paligemma")
     fp32, ours = work / "fp32", work / "ours"
     fp32.mkdir()
     ours.mkdir()
     for g in ("embed_tokens", "decoder_step"):
-        xpg_path = fp32 / f"{g}.onnx"
-        from edgevqa.export.onnx import export_graph
-
-        export_graph(model, spec, g, xpg_path)
+        path = export_graph(model, spec, g, fp32 / f"{g}.onnx")
         if precision == "fp32":
-            xpg_path.replace(ours / f"{g}.onnx")
+            path.replace(ours / f"{g}.onnx")
         else:
-            QUANTIZERS[precision](xpg_path, ours / f"{g}.onnx")
-    shape = xpg.decoder_shape(model)
-    (work / "shape.json").write_text(json.dumps(shape))
+            QUANTIZERS[precision](path, ours / f"{g}.onnx")
+    (work / "shape.json").write_text(json.dumps(xpg.decoder_shape(model)))
 
 
 def run_genai(work: Path, prompt: list[int], tokens: int, repeats: int) -> dict:
@@ -99,46 +110,38 @@ def run_genai(work: Path, prompt: list[int], tokens: int, repeats: int) -> dict:
 
 
 def run_ours(work: Path, prompt: list[int], tokens: int, repeats: int) -> dict:
+    """edgevqa's decode step as the PaliGemma runtime runs it (runtime/families/prefix_lm.py:
+    ``causal_bias``, ``run_step``), after a causal prefill of ``prompt`` (a text prompt, as genai's)."""
     import onnxruntime as ort
 
-    from edgevqa.runtime.families.paligemma import NEG
+    from edgevqa.runtime.families.prefix_lm import causal_bias, run_step
     from edgevqa.runtime.session import session_options
 
     shape = json.loads((work / "shape.json").read_text())
     so = session_options(0, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, spin=True)
-    embed, step = (
-        ort.InferenceSession(str(work / "ours" / f"{g}.onnx"), so, providers=["CPUExecutionProvider"])
+    sessions = {
+        g: ort.InferenceSession(str(work / "ours" / f"{g}.onnx"), so, providers=["CPUExecutionProvider"])
         for g in ("embed_tokens", "decoder_step")
-    )
+    }
     empty = np.zeros((shape["num_layers"], 1, shape["num_kv_heads"], 0, shape["head_dim"]), np.float32)
+
+    def embed(ids: list[int]) -> np.ndarray:
+        return sessions["embed_tokens"].run(None, {"input_ids": np.asarray([ids], np.int64)})[0]
+
     times, ids = [], []
-    for r in range(repeats + 1):
+    for r in range(repeats + 1):  # the first answer warms up
         t0 = len(prompt)
-        feed = {
-            "inputs_embeds": embed.run(None, {"input_ids": np.asarray([prompt], np.int64)})[0],
-            "attention_bias": np.where(np.tril(np.ones((t0, t0))) > 0, 0.0, NEG).astype(np.float32)[
-                None, None
-            ],
-            "position_ids": np.arange(1, t0 + 1, dtype=np.int64)[None],
-            "logit_positions": np.array([[t0 - 1]], np.int64),
-            "past_key": empty,
-            "past_value": empty,
-        }
-        logits, k, v = step.run(None, feed)  # the prefill (causal: a text prompt, as genai's)
+        pos = np.arange(1, t0 + 1)  # PaliGemma counts positions from 1
+        logits, k, v = run_step(
+            sessions, embed(prompt), causal_bias(1, t0, 0), pos, np.array([t0 - 1]), None, empty
+        )
         nxt = int(logits[0, -1].argmax())
         out, ms = [nxt], []
         for _ in range(tokens - 1):
             t = time.perf_counter()
             past = k.shape[3]
-            feed = {
-                "inputs_embeds": embed.run(None, {"input_ids": np.array([[nxt]], np.int64)})[0],
-                "attention_bias": np.zeros((1, 1, 1, past + 1), np.float32),
-                "position_ids": np.array([[past + 1]], np.int64),
-                "logit_positions": np.zeros((1, 1), np.int64),
-                "past_key": k,
-                "past_value": v,
-            }
-            logits, k, v = step.run(None, feed)
+            bias, pos = causal_bias(1, 1, past), np.array([past + 1])
+            logits, k, v = run_step(sessions, embed([nxt]), bias, pos, np.zeros(1), (k, v), empty)
             nxt = int(logits[0, -1].argmax())
             ms.append(1e3 * (time.perf_counter() - t))
             out.append(nxt)

@@ -323,6 +323,45 @@ def test_exported_graphs_on_the_real_validation_inputs(gemma, exported):
             assert max(np.abs(r.numpy() - o).max() for r, o in zip(ref, got)) <= g.atol
 
 
+def test_the_decoder_graph_is_onnxruntimes_fused_kernels(gemma, exported, tmp_path):
+    """A decode step on a CPU costs its node count and its copies of the cache: after
+    onnxruntime's optimizer every RMSNorm is one SimplifiedLayerNormalization, the tanh GELU one
+    Gelu node (opset 20), and the one key-value head is never expanded to the 4 query heads."""
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported["decoder_step"]), so, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    layers = gemma.config.text_config.num_hidden_layers
+    assert ops["SimplifiedLayerNormalization"] == 2 * layers + 1  # two per layer and the final one
+    assert ops["Gelu"] == layers and ops["Tanh"] == 0 and ops["Pow"] == 0
+    assert ops["Expand"] <= 1  # the picked positions' gather index, not the cache
+
+
+def test_rms_norms_are_rewritten_as_the_fusable_form_by_what_they_compute():
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from edgevqa.export.causal_lm import RMSNorm, fusable_norm
+
+    x = torch.randn(3, 5, 16)
+    for norm, scale in (
+        (GemmaRMSNorm(16, eps=1e-6), lambda w: 1 + w),
+        (LlamaRMSNorm(16, eps=1e-5), lambda w: w),
+    ):
+        torch.nn.init.normal_(norm.weight)
+        got = fusable_norm(norm)
+        assert isinstance(got, RMSNorm) and torch.equal(got.scale, scale(norm.weight.detach()))
+        assert got.eps == (getattr(norm, "eps", None) or norm.variance_epsilon)
+        torch.testing.assert_close(got(x), norm(x), rtol=1e-5, atol=1e-6)
+    layer_norm = torch.nn.LayerNorm(16)
+    assert fusable_norm(layer_norm) is layer_norm  # not an RMSNorm: left as it is
+
+
 def test_gemma2_decoder_exports(tmp_path):
     """Soft-caps and the extra norms survive the export (one graph: the others are Gemma's)."""
     import onnxruntime as ort
@@ -369,3 +408,35 @@ def test_fp16_keeps_gemmas_residual_stream_in_fp32(gemma, exported, tmp_path):
     onnx.save(unmarked, str(tmp_path / "unmarked" / "decoder_step.onnx"))
     bad = logits(convert_fp16(tmp_path / "unmarked" / "decoder_step.onnx", tmp_path / "bad.onnx"))
     assert not np.isfinite(bad).all() or np.abs(bad - ref).max() > 0.1 * np.abs(ref).max()
+
+
+def _script(name: str):
+    """A benchmarks/ script (not a package) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_decode_benchmark_runs_the_runtimes_step_and_decodes_as_the_saved_gemma(tmp_path):
+    """benchmarks/decode_vs_genai.py's edgevqa side (genai itself is not installed here): the
+    folder it hands genai is a GemmaForCausalLM with the model's weights, and the runtime's step
+    on the exported graphs picks that folder's greedy tokens after the same prompt."""
+    from transformers import GemmaForCausalLM
+
+    script = _script("decode_vs_genai")
+    script.build_ours("tiny-paligemma", "fp32", tmp_path, model=tiny("gemma"))  # greedy answers vary
+    lm = GemmaForCausalLM.from_pretrained(tmp_path / "gemma").eval()
+    prompt = np.random.default_rng(1).integers(3, 290, 9).tolist()
+    ours = script.run_ours(tmp_path, prompt, tokens=6, repeats=1)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):  # greedy, no EOS suppression: as the benchmark's loops
+            ids.append(int(lm(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert ours["token_ids"] == ids[len(prompt) + 1 :]  # the benchmark times the steps after the prefill's
+    assert len(set(ours["token_ids"])) > 1  # not an echo of one token, which any loop would match
+    assert len(ours["ms_per_token"]) == 5 and all(ms > 0 for ms in ours["ms_per_token"])
