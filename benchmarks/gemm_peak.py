@@ -23,7 +23,7 @@ import numpy as np
 
 from edgevqa import atomic
 from edgevqa.bench.floor import timed
-from edgevqa.bench.runner import latency_stats, machine
+from edgevqa.bench.runner import cpu_words, latency_stats, machine
 
 M, K, N = 577, 768, 3072
 
@@ -127,7 +127,7 @@ def main() -> None:
         ]
     )
     md = (
-        f"# One {M}x{K}x{N} GEMM, every implementation\n\nMachine: {mach.get('cpu')}, {threads} threads, "
+        f"# One {M}x{K}x{N} GEMM, every implementation\n\nMachine: {cpu_words(mach)}, {threads} threads, "
         f"torch {mach.get('torch')}, onnxruntime {mach.get('onnxruntime')}. {args.repeats} timed runs each "
         f"after 5 warm-up runs; GOPS = 2*M*K*N / time.\n\n{table}\n"
     )

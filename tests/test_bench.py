@@ -148,3 +148,28 @@ def test_comparison_rows_are_what_the_machine_runs():
     }
     assert set(comparisons(both, without)) == {"torch-bf16"}
     assert comparisons((), with_ov) == {}
+
+
+def test_reports_name_the_cpu_by_family_and_the_instruction_sets_that_pick_kernels():
+    from edgevqa.bench.runner import cpu_info, cpu_words
+
+    xeon = (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+        "model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: fpu avx2 avx512f avx512_vnni "
+        "avx512_bf16 amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\nmodel name\t: other\n"
+    )
+    info = cpu_info(xeon)
+    assert info == {
+        "cpu": "Intel(R) Xeon(R) Platinum 8481C",
+        "cpu_family_model": "6/143",
+        "cpu_flags": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"],
+    }
+    assert cpu_words(info) == (
+        "Intel(R) Xeon(R) Platinum 8481C (family/model 6/143; avx2, avx512f, avx512_vnni, avx512_bf16, "
+        "amx_int8, amx_bf16)"
+    )
+    zen3 = cpu_words(
+        cpu_info("cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: sse avx2 fma\n")
+    )
+    assert zen3 == "AMD EPYC (family/model 25/1; avx2)"
+    assert cpu_words({"cpu": "Apple M2"}) == "Apple M2"  # nothing more known: the name alone

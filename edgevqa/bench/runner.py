@@ -110,12 +110,42 @@ def machine() -> dict[str, Any]:
     }
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         info["torch"] = importlib.metadata.version("torch")  # the version, without importing torch
-    info["cpu"] = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        info["cpu"] = next(
-            (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), info["cpu"]
-        )
+    return info | cpu_info()
+
+
+# the instruction sets that decide which kernels onnxruntime and PyTorch run (int8 on VNNI or AMX)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """This CPU for a report: its model name, family and model numbers (a "AMD EPYC" is Zen 3 or
+    Zen 4 by these) and which of SPEED_FLAGS it has (``cpuinfo``: /proc/cpuinfo's text)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:  # the first processor's
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    info: dict[str, Any] = {"cpu": fields.get("model name") or platform.processor() or platform.machine()}
+    if "cpu family" in fields:
+        info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
+    if flags:
+        info["cpu_flags"] = [f for f in SPEED_FLAGS if f in flags]
     return info
+
+
+def cpu_words(mach: dict[str, Any]) -> str:
+    """ "AMD EPYC (family/model 25/1; avx2)": the CPU as a report's reader needs it named."""
+    extra = [f"family/model {mach['cpu_family_model']}"] if mach.get("cpu_family_model") else []
+    if "cpu_flags" in mach:
+        extra.append(", ".join(mach["cpu_flags"]) or "no AVX2")
+    return f"{mach.get('cpu')} ({'; '.join(extra)})" if extra else str(mach.get("cpu"))
 
 
 def torch_bytes(run: Path) -> int:
@@ -595,7 +625,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 def markdown_report(report: dict[str, Any]) -> str:
     mach = report["machine"]
     head = (
-        f"# edgevqa bench ({report['kind']})\n\nMachine: {mach.get('cpu')}, {mach.get('cores')} cores, "
+        f"# edgevqa bench ({report['kind']})\n\nMachine: {cpu_words(mach)}, {mach.get('cores')} cores, "
         f"torch {mach.get('torch')}, onnxruntime {mach.get('onnxruntime')}, Python {mach.get('python')}.\n\n"
     )
     if report["kind"] == "arch":
