@@ -53,6 +53,17 @@ def ruining(convert, scope: str):
     return ruin
 
 
+def benchmark_script(name: str):
+    """``benchmarks/NAME.py`` (a script, not a package) as a module."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def edgevqa_cmd(*args: str, block_torch: bool = False) -> list[str]:
     """argv that runs the CLI with this interpreter (optionally with torch blocked)."""
     code = (

@@ -410,25 +410,14 @@ def test_fp16_keeps_gemmas_residual_stream_in_fp32(gemma, exported, tmp_path):
     assert not np.isfinite(bad).all() or np.abs(bad - ref).max() > 0.1 * np.abs(ref).max()
 
 
-def _script(name: str):
-    """A benchmarks/ script (not a package) as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_decode_benchmark_runs_the_runtimes_step_and_decodes_as_the_saved_gemma(tmp_path):
     """benchmarks/decode_vs_genai.py's edgevqa side (genai itself is not installed here): the
     folder it hands genai is a GemmaForCausalLM with the model's weights, and the runtime's step
     on the exported graphs picks that folder's greedy tokens after the same prompt."""
+    from conftest import benchmark_script
     from transformers import GemmaForCausalLM
 
-    script = _script("decode_vs_genai")
+    script = benchmark_script("decode_vs_genai")
     script.build_ours("tiny-paligemma", "fp32", tmp_path, model=tiny("gemma"))  # greedy answers vary
     lm = GemmaForCausalLM.from_pretrained(tmp_path / "gemma").eval()
     prompt = np.random.default_rng(1).integers(3, 290, 9).tolist()

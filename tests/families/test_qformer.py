@@ -6,7 +6,6 @@ refused."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -472,22 +471,12 @@ def test_compose_from_the_command_line_prints_its_lines_and_no_library_bars(tmp_
     assert cfg["num_query_tokens"] == 4 and cfg["qformer_config"]["num_hidden_layers"] == 1
 
 
-def _probe_script():
-    """benchmarks/qformer_probe.py (a script, not a package) as a module."""
-    import importlib.util
-
-    path = Path(__file__).parents[2] / "benchmarks" / "qformer_probe.py"
-    spec = importlib.util.spec_from_file_location("qformer_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_probe_script_reads_features_and_scores_by_hand_computed_cases(qf_base, qf_data):
     import torch
+    from conftest import benchmark_script
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    script = _probe_script()
+    script = benchmark_script("qformer_probe")
     items = script.images_with(qf_data, "train", "lesion_image_half", 10_000)
     records = [json.loads(line) for line in (qf_data / "train.jsonl").read_text().splitlines()]
     with_lesion = {r["image"] for r in records if r["meta"]["lesion_count"] > 0}
