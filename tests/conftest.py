@@ -267,3 +267,26 @@ def qf_bundle(tmp_path_factory, qf_vqa) -> Path:
         run=str(qf_vqa), out=str(out), precisions=["fp32", "int8", "int4"], validate_limit=24, force=True
     )
     return export(cfg, progress=False)
+
+
+class _Recorded:
+    """A session that notes (graph, new rows) for each call, then runs it."""
+
+    def __init__(self, name, session, calls: list):
+        self.name, self.session, self.calls = name, session, calls
+
+    def run(self, outputs, feed):
+        x = feed.get("inputs_embeds")
+        self.calls.append((self.name, None if x is None else x.shape[1]))
+        return self.session.run(outputs, feed)
+
+    def __getattr__(self, attr):
+        return getattr(self.session, attr)
+
+
+def record_calls(pipe) -> list[tuple[str, int | None]]:
+    """From now on, each graph call of ``pipe`` as (graph name, rows of inputs_embeds or None)."""
+    calls: list = []
+    for name, s in list(pipe.sessions.items()):  # the family's model holds this same dict
+        pipe.sessions[name] = _Recorded(name, s, calls)
+    return calls

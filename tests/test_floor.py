@@ -89,6 +89,27 @@ def test_measure_quantizes_each_graph_as_the_precision_does(bundle, tmp_path):
         floor.measure(bundle / "fp32", uses, "int8-static", tmp_path, timer=record)
 
 
+def test_a_prefill_is_timed_at_the_weights_its_precision_prefills_with(bundle, tmp_path):
+    """int4 bundles run prompts through int8's decoder_step (quantize.PREFILL_WEIGHTS): the floor
+    times a prefill use at int8, the answer tokens at 4 bits, and says which it timed."""
+    ops: list[set[str]] = []
+
+    def record(path: Path, n: int) -> list[float]:
+        ops.append({node.op_type for node in onnx.load(str(path)).graph.node})
+        return [1.0]
+
+    uses = [
+        floor.Use("decoder_step", 12, 1, label="decoder_prefill", prefill=True),
+        floor.Use("decoder_step", 1, 2),
+    ]
+    r = floor.measure(bundle / "fp32", uses, "int4", tmp_path, timer=record)
+    assert "MatMulInteger" in ops[0] and "MatMulNBits" not in ops[0]
+    assert ops[1] == {"MatMulNBits"}
+    assert [g["weights"] for g in r["by_graph"].values()] == ["int8", "int4"]
+    r = floor.measure(bundle / "fp32", uses, "fp32", tmp_path, timer=record)
+    assert ops[2] == ops[3] == {"MatMul"} and [g["weights"] for g in r["by_graph"].values()] == ["fp32"] * 2
+
+
 def test_time_graph_runs_the_graph(bundle, tmp_path):
     floor.matmul_graph(bundle / "fp32" / "decoder_step.onnx", tmp_path / "d.onnx", rows=1)
     ms = floor.time_graph(tmp_path / "d.onnx", repeats=4, warmup=1)

@@ -39,6 +39,7 @@ class Use:
     label: str = ""  # the report's name for this use (a graph used twice: prefill and steps)
     head_n: int = 0  # the LM head's output width (the vocabulary) ...
     head_rows: int = 0  # ... and the rows it multiplies (a prefill picks one position's logits)
+    prefill: bool = False  # a prompt: at the weights export/quantize.py's PREFILL_WEIGHTS names
 
     @property
     def name(self) -> str:
@@ -147,12 +148,14 @@ def measure(
     fastest of ``repeats`` runs (a bound from below should not carry the machine's noise; the
     median is kept beside it) times its calls per answer; ``ms`` is the sum."""
     from edgevqa.export import onnxfile
+    from edgevqa.export.quantize import PREFILL_WEIGHTS
 
-    quantize = quantizer(precision)
     log.info("matmul floor %s: timing the weight matmuls of %s", precision, ", ".join(u.graph for u in uses))
     work.mkdir(parents=True, exist_ok=True)
     by_graph, total = {}, 0.0
     for u in uses:
+        weights = PREFILL_WEIGHTS.get(precision, precision) if u.prefill else precision
+        quantize = quantizer(weights)
         dst = work / precision / f"{u.graph}.onnx"  # the quantizers choose by the graph's file name
         plain = work / precision / "fp32" / f"{u.graph}.onnx"
         plain.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +168,7 @@ def measure(
         ms = timer(dst, repeats)
         best = float(np.min(ms))
         by_graph[u.name] = {
+            "weights": weights,
             "rows": u.rows,
             "calls": u.calls,
             "matmuls": sum(shapes.values()),

@@ -95,6 +95,15 @@ def latency_stats(ms: list[float]) -> dict[str, float]:
     }
 
 
+def precision_bytes(bundle: Path, precision: str) -> int:
+    """Bytes of the files one precision runs from: its folder, and a graph it shares from another
+    precision's (an int4 bundle's prompts run int8's decoder_step), with their external weights."""
+    m = load_manifest(bundle, verify=False)
+    own = [f for f in (bundle / precision).iterdir() if f.is_file()]
+    shared = [bundle / f for f in m.precisions[precision].values() if not f.startswith(f"{precision}/")]
+    return dir_bytes(own + [p for f in shared for p in (f, Path(f"{f}.data")) if p.is_file()])
+
+
 def dir_bytes(paths: list[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
 
@@ -216,7 +225,7 @@ def run_rows(
         if name.startswith("torch"):  # another PyTorch setting of the same weights
             sizes[name], t = sizes["torch-fp32"], {**t, **torch_source}
         else:  # with external weights (graphs over 2 GB) a precision's bytes are its whole folder
-            sizes[name] = dir_bytes([f for f in (bundle / t["precision"]).iterdir() if f.is_file()])
+            sizes[name] = precision_bytes(bundle, t["precision"])
             t = {**t, "bundle": str(bundle)}
         try:
             raw[name] = run_worker({**common, **t, "backend": name})

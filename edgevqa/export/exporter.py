@@ -28,12 +28,12 @@ from edgevqa.config import ExportConfig, TrainConfig
 from edgevqa.data.records import VQARecord, load_split
 from edgevqa.errors import EdgeVQAError, InputError, ValidationError
 from edgevqa.eval.metrics import record_accuracy
-from edgevqa.export import merge, tensorrt, validate
+from edgevqa.export import merge, onnxfile, tensorrt, validate
 from edgevqa.export import onnx as export_onnx
 from edgevqa.export.fallback import quantized_share
-from edgevqa.export.quantize import QUANTIZERS
+from edgevqa.export.quantize import PREFILL_WEIGHTS, QUANTIZERS
 from edgevqa.families import registry
-from edgevqa.families.spec import FamilySpec
+from edgevqa.families.spec import PREFILL, FamilySpec
 from edgevqa.train.base import Loaded
 from edgevqa.train.data import ImageCache
 from edgevqa.train.tokenizer import as_saved
@@ -221,6 +221,7 @@ def quantize_graphs(spec: FamilySpec, root: Path, precisions: list[str], tensorr
     """``root/<precision>`` from ``root/fp32`` for each precision quantized from fp32 alone (the
     model is not needed: a caller short of memory may free it first)."""
     fp32 = root / "fp32"
+    prefills = prefill_files(spec, precisions)
     for p in precisions:
         if p == "fp32" or p not in QUANTIZERS:  # calibrated precisions need the bundle first
             continue
@@ -228,6 +229,22 @@ def quantize_graphs(spec: FamilySpec, root: Path, precisions: list[str], tensorr
         with step(p):
             for g in spec.exported(tensorrt):
                 QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
+            if prefills.get(p) == f"{p}/{PREFILL}.onnx":  # the bundle does not ship the other precision
+                src = fp32 / f"{spec.prefill.name}.onnx"
+                QUANTIZERS[PREFILL_WEIGHTS[p]](src, root / p / f"{PREFILL}.onnx")
+
+
+def prefill_files(spec: FamilySpec, precisions: list[str]) -> dict[str, str]:
+    """Precision -> the bundle file its prompts run through (quantize.PREFILL_WEIGHTS): the step
+    graph of the precision whose weights it prefills with, shared when the bundle ships that
+    precision too (int4's prefill is int8's decoder_step, stored once), else a copy of its own."""
+    if spec.prefill is None:
+        return {}
+    return {
+        p: f"{q}/{spec.prefill.name}.onnx" if q in precisions else f"{p}/{PREFILL}.onnx"
+        for p, q in PREFILL_WEIGHTS.items()
+        if p in precisions
+    }
 
 
 def portable(where: str, bundle_dir: Path) -> str:
@@ -255,13 +272,18 @@ def make_manifest(
     graphs = spec.exported(tensorrt)
     parts = registry.side(spec.family, "export").manifest_parts
     text, decoder, family_config = parts(loaded, max_question_tokens, max_answer_tokens)
+    io = {g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in graphs}
+    files = {p: {g.name: f"{p}/{g.name}.onnx" for g in graphs} for p in precisions}
+    for p, f in prefill_files(spec, precisions).items():
+        io[PREFILL] = io[spec.prefill.name]
+        files[p][PREFILL] = f
     return bundle.Manifest(
         family=spec.family,
         image=loaded.image,
         text=text,
         decoder=decoder,
-        graphs={g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in graphs},
-        precisions={p: {g.name: f"{p}/{g.name}.onnx" for g in graphs} for p in precisions},
+        graphs=io,
+        precisions=files,
         default_precision=precisions[0],
         source=source,
         versions=versions(),
@@ -310,7 +332,10 @@ class Validator:
             total += len(ref)
         rep = {"graphs": graphs, **validate.compare_answers(self.ref, ids, texts, self.records)}
         if p not in tensorrt.SOURCES:  # engines are not ONNX graphs: their layers are TensorRT's
-            rep["quantized"] = quantized_share(root / "fp32", root / p, [g.name for g in self.spec.graphs])
+            shared = [root / f for f in pipe.manifest.precisions[p].values() if not f.startswith(f"{p}/")]
+            shared += [onnxfile.data_file(f) for f in shared]  # their weights when over 2 GB
+            graphs = [g.name for g in self.spec.graphs]
+            rep["quantized"] = quantized_share(root / "fp32", root / p, graphs, shared)
         # PyTorch's answer fed back token by token: how often the graphs pick its next token
         rep["teacher_forced_top1"] = same / max(total, 1)
         log.info("%s: answer agreement with PyTorch %.4f", p, rep["answer_agreement"])
@@ -335,7 +360,9 @@ def validate_bundle(
         "precisions": {},
     }
     fp32 = root / "fp32"
-    for p in precisions:
+    # a precision that prefills with another's graph (int4: int8's decoder_step) after that one,
+    # whose fallback may rewrite the graph they share
+    for p in sorted(precisions, key=lambda p: p in PREFILL_WEIGHTS):
         rep = v.precision(root, p)
         if rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
             if p in quantizers:

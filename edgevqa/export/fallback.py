@@ -11,6 +11,7 @@ constant table, export/quantize.py) is a candidate too: its rows against the fp3
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,12 @@ def weight_matmuls(path: Path) -> set[str]:
     return {n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in floats}
 
 
-def quantized_share(fp32_dir: Path, q_dir: Path, graphs: list[str]) -> dict[str, int]:
+def quantized_share(
+    fp32_dir: Path, q_dir: Path, graphs: list[str], shared: Sequence[Path] = ()
+) -> dict[str, int]:
     """What a precision really is: how many of the fp32 graphs' weight MatMuls it no longer runs
-    as fp32 MatMuls (quantized, or fp16), out of how many, and its bytes on disk."""
+    as fp32 MatMuls (quantized, or fp16), out of how many, and its bytes on disk (with the
+    ``shared`` files it runs from another precision's folder: int4's prefill graph)."""
     quantized = total = 0
     for g in graphs:
         src, dst = fp32_dir / f"{g}.onnx", q_dir / f"{g}.onnx"
@@ -139,5 +143,5 @@ def quantized_share(fp32_dir: Path, q_dir: Path, graphs: list[str]) -> dict[str,
             mine = weight_matmuls(src)
             total += len(mine)
             quantized += len(mine - weight_matmuls(dst))
-    size = sum(f.stat().st_size for f in q_dir.iterdir() if f.is_file())
+    size = sum(f.stat().st_size for f in [*q_dir.iterdir(), *shared] if f.is_file())
     return {"matmuls": quantized, "of": total, "bytes": size}

@@ -205,4 +205,12 @@ def quantize_int4(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
     return dst
 
 
+# A prompt's prefill multiplies hundreds of rows by each weight (compute-bound), where onnxruntime's
+# 4-bit MatMulNBits is slower than int8 MatMulInteger on CPUs; one answer token is one row
+# (memory-bound), where 4 bits are faster. paligemma-small's decoder, 210-row prefill / one step,
+# ms: AMD Zen 3 (AVX2) int8 200 / 17.4, int4 304 / 13.1; AMD Zen 4 (AVX-512 VNNI) prefill int4
+# ~3x int8 (README; benchmarks/prefill_weights.py measures it on any machine). So an int4 bundle
+# runs its prompts with the weights of this precision (spec.PREFILL) and its answer tokens with 4 bits.
+PREFILL_WEIGHTS = {"int4": "int8"}
+
 QUANTIZERS = {"int8": quantize_int8, "fp16": convert_fp16, "int4": quantize_int4}

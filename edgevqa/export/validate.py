@@ -16,7 +16,7 @@ import torch
 
 from edgevqa.eval.metrics import agreement, record_accuracy
 from edgevqa.export import onnx as export_onnx
-from edgevqa.families.spec import FamilySpec
+from edgevqa.families.spec import PREFILL, FamilySpec
 from edgevqa.train.base import Generated
 
 log = logging.getLogger("edgevqa.export")
@@ -30,8 +30,10 @@ def compare_graphs(
 ) -> dict[str, dict[str, Any]]:
     """Max abs diff per graph output (worst over the inputs), torch wrapper vs onnxruntime."""
     report = {}
-    for g in spec.graphs:
-        if g.name not in sessions:  # a graph this precision does not ship (decoder_first: TensorRT)
+    # (name in the bundle, the graph it computes): a prompt copy (spec.PREFILL) is its step graph
+    pairs = [(g.name, g) for g in spec.graphs] + [(PREFILL, g) for g in spec.graphs if g.prefills]
+    for name, g in pairs:
+        if name not in sessions:  # a graph this precision does not ship (decoder_first: TensorRT)
             continue
         module = export_onnx.wrapper(spec.family, g.name, model)
         worst = dict.fromkeys(g.outputs, 0.0)
@@ -39,12 +41,12 @@ def compare_graphs(
             with torch.inference_mode():
                 ref = module(**feed)
             ref = ref if isinstance(ref, tuple) else (ref,)
-            got = sessions[g.name].run(list(g.outputs), {k: v.numpy() for k, v in feed.items()})
-            for name, r, o in zip(g.outputs, ref, got):
+            got = sessions[name].run(list(g.outputs), {k: v.numpy() for k, v in feed.items()})
+            for out, r, o in zip(g.outputs, ref, got):
                 if r.shape != o.shape:
-                    raise AssertionError(f"{g.name}.{name}: shape {o.shape} != torch {tuple(r.shape)}")
-                worst[name] = max(worst[name], float(np.abs(r.numpy() - o).max()))
-        report[g.name] = {
+                    raise AssertionError(f"{name}.{out}: shape {o.shape} != torch {tuple(r.shape)}")
+                worst[out] = max(worst[out], float(np.abs(r.numpy() - o).max()))
+        report[name] = {
             "max_abs_diff": worst,
             "atol": g.atol,
             "within_atol": all(v <= g.atol for v in worst.values()),

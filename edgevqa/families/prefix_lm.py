@@ -12,6 +12,8 @@ Graphs:
                   past_key/past_value [L,B,KV,P,d] (grouped-query: KV heads)
                   -> logits [B,K,V], present_key/present_value [L,B,KV,P+T,d]
   decoder_first   the same without a cache in (TensorRT bundles only)
+  decoder_prefill (int4 bundles) decoder_step with int8 weights: the runtime runs every prompt
+                  through it and each answer token through decoder_step (spec.PREFILL)
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def graphs(vision_atol: float = 1e-4) -> tuple[GraphSpec, ...]:
             role="step",
             streams_weights=True,
             residual="inputs_embeds",
+            prefills=True,
         ),
         GraphSpec(
             "decoder_first",

@@ -35,6 +35,14 @@ class GraphSpec:
     # the input that carries the residual stream (a decoder-only LM's hidden states): fp16 keeps it,
     # its additions and whatever reads it in fp32 (Gemma's residual stream passes fp16's 65504)
     residual: str = ""
+    # the step graph also runs whole prompts (hundreds of rows at once, compute-bound), where 4-bit
+    # weights are slower than 8-bit ones on CPUs: an int4 bundle runs its prompts through an int8
+    # copy of it (PREFILL; export/quantize.py: PREFILL_WEIGHTS) and its answer tokens through int4
+    prefills: bool = False
+
+
+# the graph name of a step graph's prompt copy in a bundle (same inputs and outputs as that graph)
+PREFILL = "decoder_prefill"
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,11 @@ class FamilySpec:
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
         return f"edgevqa.{side}.families.{self.family.replace('-', '_')}"
+
+    @property
+    def prefill(self) -> GraphSpec | None:
+        """The step graph whose prompts int4 bundles run at int8 (None: no prompt prefill)."""
+        return next((g for g in self.graphs if g.prefills), None)
 
     @property
     def streamed(self) -> tuple[str, ...]:

@@ -281,3 +281,67 @@ def test_eval_of_a_run_and_its_bundle_sample_the_same_family(pg_lora, pg_bundle,
         preds = [json.loads(x) for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
         assert all(p["samples"] == [p["prediction"]] * 4 for p in preds), preds[:2]
     assert reports["run"]["scores"] == reports["bundle"]["scores"]
+
+
+def test_int4_runs_prompts_on_int8s_decoder_and_answer_tokens_in_4_bits(pg_bundle, synth_data, tmp_path):
+    """An int4 bundle's prefill is int8's decoder_step (stored once, checked by its sha256 for
+    int4 too); its answer tokens go through its own 4-bit decoder_step."""
+    import shutil
+
+    from conftest import record_calls
+
+    from edgevqa.bundle import load_manifest
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+
+    m = load_manifest(pg_bundle)
+    assert m.precisions["int4"]["decoder_prefill"] == "int8/decoder_step.onnx"
+    assert "decoder_prefill" not in m.precisions["int8"] and "decoder_prefill" not in m.precisions["fp32"]
+    assert not (pg_bundle / "int4" / "decoder_prefill.onnx").exists()
+    assert m.graphs["decoder_prefill"] == m.graphs["decoder_step"]
+    fid = json.loads((pg_bundle / "fidelity.json").read_text())
+    assert "decoder_prefill" in fid["precisions"]["int4"]["graphs"]  # compared with PyTorch's step
+
+    r = load_split(synth_data, "test")[0]
+    path = r.image_path(synth_data)
+    pipe4, pipe8 = (VQAPipeline.from_bundle(pg_bundle, precision=p) for p in ("int4", "int8"))
+    calls = record_calls(pipe4)
+    pipe4.teacher_forced(path, r.question, [5, 6, 7])
+    prompt = pipe4.question_ids(r.question).shape[1]
+    decoder = [c for c in calls if c[0].startswith("decoder")]
+    assert decoder == [("decoder_prefill", prompt), ("decoder_step", 2)]  # the ids before the last
+    # the prompt's logits are int8's exactly (same image, table and prefill graph)
+    logits = []
+    for pipe in (pipe4, pipe8):
+        first, state = pipe.model.start(pipe.encode_image(path).arrays, pipe.question_ids(r.question))
+        logits.append(pipe.model.step(first, state)[0])
+    np.testing.assert_array_equal(logits[0], logits[1])
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(pg_bundle, copy)
+    with open(copy / "int8" / "decoder_step.onnx", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(BundleError, match="int8/decoder_step.onnx"):
+        VQAPipeline.from_bundle(copy, precision="int4")
+
+
+def test_an_int4_bundle_without_int8_holds_its_own_int8_prefill_copy(pg_bundle, tmp_path):
+    import shutil
+
+    import onnx
+
+    from edgevqa.export.exporter import prefill_files, quantize_graphs
+    from edgevqa.families import registry
+
+    spec = registry.get("paligemma")
+    shutil.copytree(pg_bundle / "fp32", tmp_path / "fp32")
+    quantize_graphs(spec, tmp_path, ["int4"])
+    ops = {g: {n.op_type for n in onnx.load(str(tmp_path / "int4" / f"{g}.onnx")).graph.node}
+           for g in ("decoder_step", "decoder_prefill")}  # fmt: skip
+    assert "MatMulNBits" in ops["decoder_step"] and "MatMulInteger" not in ops["decoder_step"]
+    assert "MatMulInteger" in ops["decoder_prefill"] and "MatMulNBits" not in ops["decoder_prefill"]
+    assert prefill_files(spec, ["fp32", "int4"]) == {"int4": "int4/decoder_prefill.onnx"}
+    assert prefill_files(spec, ["fp32", "int8", "int4"]) == {"int4": "int8/decoder_step.onnx"}
+    assert prefill_files(spec, ["fp32", "int8"]) == {}
+    assert prefill_files(registry.get("blip-vqa"), ["int8", "int4"]) == {}  # no prompt prefill there

@@ -497,3 +497,61 @@ def test_the_probe_script_reads_features_and_scores_by_hand_computed_cases(qf_ba
     assert f["vision tokens"].shape == (5, tokens * 128) and f["vision mean"].shape == (5, 128)
     assert torch.allclose(f["vision mean"], f["vision tokens"].view(5, tokens, 128).mean(1), atol=1e-6)
     assert f["queries"].shape == f["projection"].shape == (5, model.config.num_query_tokens * 128)
+
+
+def test_int4_runs_the_queries_and_the_question_on_int8s_decoder(qf_bundle, qf_data):
+    """Both prefills (the query tokens once per image, then the question on their cache) go through
+    int8's decoder_step in an int4 bundle; answer tokens through its own 4-bit one."""
+    from conftest import record_calls
+
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+
+    r = load_split(qf_data, "test")[0]
+    path = r.image_path(qf_data)
+    pipe = VQAPipeline.from_bundle(qf_bundle, precision="int4")
+    calls = record_calls(pipe)
+    pipe.teacher_forced(path, r.question, [5, 6])
+    q = pipe.manifest.family_config["num_image_tokens"]
+    text = pipe.question_ids(r.question).shape[1] - q
+    decoder = [c for c in calls if c[0].startswith("decoder")]
+    assert decoder == [("decoder_prefill", q), ("decoder_prefill", text), ("decoder_step", 1)]
+
+
+def test_the_prefill_weights_benchmark_times_each_decoder_use_at_both_precisions(tmp_path, monkeypatch):
+    """benchmarks/prefill_weights.py on the tiny preset: the queries' and the question's prefill and
+    the steps, at int8 and int4; an answer's decoder time is each use's p50 times its calls, the
+    mixed one (what int4 bundles run) prefills at int8 and steps at int4."""
+    from conftest import benchmark_script
+
+    script = benchmark_script("prefill_weights")
+    built = script.export_decoder("tiny-qformer", tmp_path)
+    uses = built["uses"]
+    assert [(u.name, u.rows, u.calls, u.prefill) for u in uses] == [
+        ("decoder_image", 8, 1, True), ("decoder_prefill", 13, 1, True), ("decoder_step", 1, 7, False)
+    ]  # fmt: skip
+    pasts = []
+    real = script.np.random.default_rng
+
+    def spy(seed):  # the cache each use sees: what the prefills before it wrote
+        rng = real(seed)
+        normal = rng.standard_normal
+
+        def draw(shape, dtype=None):
+            if len(shape) == 5:
+                pasts.append(shape[3])
+            return normal(shape, dtype=dtype)
+
+        return type("R", (), {"standard_normal": staticmethod(draw)})()
+
+    monkeypatch.setattr(script.np.random, "default_rng", spy)
+    ms = {
+        p: script.time_uses(tmp_path / p / "decoder_step.onnx", built["shape"], uses, 2)
+        for p in ("int8", "int4")
+    }
+    assert pasts == [0, 8, 21] * 2
+    rep = script.report("tiny-qformer", uses, ms)
+    a = rep["answer_decoder_ms"]
+    assert a["mixed"] == pytest.approx(ms["int8"][0]["p50"] + ms["int8"][1]["p50"] + 7 * ms["int4"][2]["p50"])
+    assert a["int4"] == pytest.approx(sum(m["p50"] * u.calls for m, u in zip(ms["int4"], uses)))
+    assert "| decoder_prefill | 13 | 1 |" in script.markdown(rep)

@@ -323,6 +323,8 @@ def floor_uses(config: Any, question_tokens: int, answer_tokens: int) -> list[An
     vocab = t.vocab_size
     return [
         floor.Use("vision_encoder", (v.image_size // v.patch_size) ** 2, 1),
-        floor.Use("decoder_step", prefix, 1, label="decoder_prefill", head_n=vocab, head_rows=1),
+        floor.Use(
+            "decoder_step", prefix, 1, label="decoder_prefill", head_n=vocab, head_rows=1, prefill=True
+        ),
         floor.Use("decoder_step", 1, answer_tokens - 1),
     ]

@@ -301,9 +301,16 @@ def floor_uses(config: Any, question_tokens: int, answer_tokens: int) -> list[An
             label="decoder_image",
             head_n=t.vocab_size,
             head_rows=1,
+            prefill=True,
         ),
         floor.Use(
-            "decoder_step", 1 + question_tokens, 1, label="decoder_prefill", head_n=t.vocab_size, head_rows=1
+            "decoder_step",
+            1 + question_tokens,
+            1,
+            label="decoder_prefill",
+            head_n=t.vocab_size,
+            head_rows=1,
+            prefill=True,
         ),
         floor.Use("decoder_step", 1, answer_tokens - 1),
     ]

@@ -113,7 +113,14 @@ class Model:
         embeds[0, ~is_image] = self._embed(row[:, ~is_image])[0]
         bidirectional = np.zeros((1, 1, t, t), dtype=np.float32)  # the whole prefix sees itself
         logits, k, v = run_step(
-            self.sessions, embeds, bidirectional, np.arange(1, t + 1), np.array([t - 1]), None, self.empty
+            self.sessions,
+            embeds,
+            bidirectional,
+            np.arange(1, t + 1),
+            np.array([t - 1]),
+            None,
+            self.empty,
+            prefill=True,
         )
         if rows > 1:
             logits, k, v = np.repeat(logits, rows, 0), np.repeat(k, rows, 1), np.repeat(v, rows, 1)

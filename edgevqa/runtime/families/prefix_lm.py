@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from edgevqa.families.spec import PREFILL
+
 NEG = np.finfo(np.float32).min  # what transformers puts where a query may not attend
 
 
@@ -24,9 +26,12 @@ def run_step(
     picked: np.ndarray,
     past: tuple[np.ndarray, np.ndarray] | None,
     empty: np.ndarray,
+    prefill: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One decoder call: logits at the picked positions and the grown cache. Without a cache the
-    first-step graph runs where the bundle has one (TensorRT), else decoder_step on ``empty``."""
+    first-step graph runs where the bundle has one (TensorRT), else decoder_step on ``empty``.
+    A ``prefill`` (a prompt, not answer tokens) runs the bundle's prompt copy of decoder_step
+    where it has one (int4 bundles: int8 weights, faster for many rows; spec.PREFILL)."""
     rows, t = embeds.shape[:2]
     feed = {
         "inputs_embeds": embeds,
@@ -37,4 +42,5 @@ def run_step(
     if past is None and "decoder_first" in sessions:
         return tuple(sessions["decoder_first"].run(None, feed))
     k, v = past if past is not None else (empty, empty)
-    return tuple(sessions["decoder_step"].run(None, {**feed, "past_key": k, "past_value": v}))
+    graph = PREFILL if prefill and PREFILL in sessions else "decoder_step"
+    return tuple(sessions[graph].run(None, {**feed, "past_key": k, "past_value": v}))

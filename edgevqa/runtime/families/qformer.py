@@ -78,7 +78,14 @@ class Model:
                 f"the vision graph gives {q} image tokens, the manifest says {self.num_image_tokens}"
             )
         _, k, v = run_step(
-            self.sessions, embeds, causal_bias(1, q, 0), np.arange(q), np.array([q - 1]), None, self.empty
+            self.sessions,
+            embeds,
+            causal_bias(1, q, 0),
+            np.arange(q),
+            np.array([q - 1]),
+            None,
+            self.empty,
+            prefill=True,
         )
         return k, v
 
@@ -110,6 +117,7 @@ class Model:
             picked,
             cache,
             self.empty,
+            prefill=state.prefill,
         )
         if r < rows:
             logits, k, v = np.repeat(logits, rows, 0), np.repeat(k, rows, 1), np.repeat(v, rows, 1)
