@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgevqa.bench.runner import cpu_words, machine
+from edgevqa.bench.runner import cores_words, cpu_words, machine
 
 
 def export_decoder(arch: str, work: Path) -> dict[str, Any]:
@@ -111,7 +111,9 @@ def report(arch: str, uses: list[Any], ms: dict[str, list[dict[str, float]]]) ->
 
 def markdown(rep: dict[str, Any]) -> str:
     lines = [
-        f"# Prefill weights: {rep['arch']} on {cpu_words(rep['machine'])}",
+        f"# Prefill weights: {rep['arch']} on {cpu_words(rep['machine'])}, {cores_words(rep['machine'])}",
+        "",
+        f"onnxruntime {rep['machine']['onnxruntime']}; each use's p50 over the timed runs.",
         "",
         "| decoder use | rows | calls | int8 p50 ms | int4 p50 ms | int4 / int8 |",
         "|---|---|---|---|---|---|",

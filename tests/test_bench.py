@@ -173,3 +173,16 @@ def test_reports_name_the_cpu_by_family_and_the_instruction_sets_that_pick_kerne
     )
     assert zen3 == "AMD EPYC (family/model 25/1; avx2)"
     assert cpu_words({"cpu": "Apple M2"}) == "Apple M2"  # nothing more known: the name alone
+
+
+def test_reports_count_the_cores_the_run_could_use_not_the_machines(monkeypatch):
+    """A run pinned to 2 of 16 cores (taskset) says so: onnxruntime and torch used the 2."""
+    from edgevqa.bench import runner
+    from edgevqa.runtime import session
+
+    monkeypatch.setattr(session, "default_threads", lambda: 2)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
+    mach = runner.machine()
+    assert (mach["cores"], mach["machine_cores"]) == (2, 16)
+    assert runner.cores_words(mach) == "2 of its 16 cores"
+    assert runner.cores_words({"cores": 2}) == "2 cores"

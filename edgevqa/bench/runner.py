@@ -111,12 +111,16 @@ def dir_bytes(paths: list[Path]) -> int:
 def machine() -> dict[str, Any]:
     import onnxruntime
 
+    from edgevqa.runtime.session import default_threads
+
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cores": os.cpu_count(),
+        "cores": default_threads(),  # the cores this process may run on (taskset), as the runtime uses
         "onnxruntime": onnxruntime.__version__,
     }
+    if os.cpu_count() != info["cores"]:
+        info["machine_cores"] = os.cpu_count()
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         info["torch"] = importlib.metadata.version("torch")  # the version, without importing torch
     return info | cpu_info()
@@ -631,10 +635,16 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def cores_words(mach: dict[str, Any]) -> str:
+    """ "2 cores", or "2 of its 16 cores" where the run was pinned to some of them."""
+    of = f" of its {mach['machine_cores']}" if mach.get("machine_cores") else ""
+    return f"{mach.get('cores')}{of} cores"
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     mach = report["machine"]
     head = (
-        f"# edgevqa bench ({report['kind']})\n\nMachine: {cpu_words(mach)}, {mach.get('cores')} cores, "
+        f"# edgevqa bench ({report['kind']})\n\nMachine: {cpu_words(mach)}, {cores_words(mach)}, "
         f"torch {mach.get('torch')}, onnxruntime {mach.get('onnxruntime')}, Python {mach.get('python')}.\n\n"
     )
     if report["kind"] == "arch":
