@@ -217,29 +217,3 @@ def test_off_a_terminal_training_says_its_progress_in_lines_not_a_bar(tmp_path, 
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(w.startswith("warm-up of 300 steps in a 100-step run") for w in warned), warned
     assert "train default" not in capsys.readouterr().err  # (the library's own bars are main()'s)
-
-
-def test_adamw_is_fused_on_the_cpu_and_updates_as_the_per_tensor_loop_does():
-    import torch
-
-    from edgevqa.train.loop import make_optimizer
-
-    torch.manual_seed(0)
-    cfg = TrainConfig(lr=1e-2, weight_decay=0.05)
-    models = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    fused = make_optimizer(models[0], cfg)
-    loop = torch.optim.AdamW(
-        [{"params": [models[1][0].weight], "weight_decay": 0.05},
-         {"params": [models[1][0].bias, *models[1][1].parameters()], "weight_decay": 0.0}],
-        lr=1e-2, betas=cfg.betas,
-    )  # fmt: skip
-    assert fused.defaults["fused"] and not loop.defaults["fused"]
-    x = torch.randn(16, 8)
-    for _ in range(5):
-        for m, opt in zip(models, (fused, loop)):
-            opt.zero_grad()
-            m(x).pow(2).mean().backward()
-            opt.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
