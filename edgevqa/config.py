@@ -181,6 +181,9 @@ class ExportConfig:
     """Largest batch the engines' optimization profiles admit (rank mode: candidates)."""
     trt_timing_cache: str = ""
     """TensorRT timing cache file (default: in the edgevqa cache folder)."""
+    int4_prefill: str = "int8"
+    """Weights an int4 bundle of a prefix-LM family runs its prompts with: int8 (faster prompts;
+    both decoders loaded) or int4 (the least memory)."""
 
     @property
     def trt_precisions(self) -> list[str]:
@@ -195,6 +198,8 @@ class ExportConfig:
             raise InputError(f"`--precision` must be among {PRECISIONS}, got {self.precisions}")
         if self.calib_method not in CALIB_METHODS:
             raise InputError(f"`--calib-method` must be one of {CALIB_METHODS}, got {self.calib_method!r}")
+        if self.int4_prefill not in ("int8", "int4"):
+            raise InputError(f"`--int4-prefill` must be int8 or int4, got {self.int4_prefill!r}")
         if self.calib_size < 1:
             raise InputError("`--calib-size` must be >= 1")
         if self.trt_max_batch < 1:

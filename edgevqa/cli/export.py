@@ -30,8 +30,8 @@ def export(
     precision: Annotated[
         list[str],
         typer.Option(
-            help="fp32, int8 (CPU), fp16 (GPU), int8-static (calibrated QDQ); repeat or comma-separate; "
-            "the first is the default."
+            help="fp32, int8 (CPU), int4 (CPU: 4-bit decoder weights), fp16 (GPU), int8-static "
+            "(calibrated QDQ); repeat or comma-separate; the first is the default."
         ),
     ] = ["fp32", "int8"],  # noqa: B006
     data: Annotated[Path | None, typer.Option(help="Dataset for validation (default: the run's).")] = None,
@@ -69,6 +69,13 @@ def export(
     trt_timing_cache: Annotated[
         Path | None, typer.Option(help="TensorRT timing cache file (default: in the edgevqa cache).")
     ] = None,
+    int4_prefill: Annotated[
+        str,
+        typer.Option(
+            help="PaliGemma, Q-Former: the weights int4's prompts run with: int8 (faster prompts, "
+            "both decoders loaded) or int4 (least memory)."
+        ),
+    ] = "int8",
 ) -> None:
     """Merge LoRA, export ONNX graphs, quantize, validate against PyTorch and write a bundle."""
     need("torch", "transformers", "peft", "onnx", "onnxscript")
@@ -93,6 +100,7 @@ def export(
         trt=trt,
         trt_max_batch=trt_max_batch,
         trt_timing_cache=str(trt_timing_cache) if trt_timing_cache else "",
+        int4_prefill=int4_prefill,
     )
     bundle = run_export(cfg, data=str(data) if data else None)
     from edgevqa.export.exporter import summary

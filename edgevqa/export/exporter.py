@@ -96,7 +96,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     spec = registry.get(tcfg.family)
     xfam = registry.side(tcfg.family, "export")
     with atomic.directory(out, overwrite=cfg.overwrite) as tmp:
-        write_graphs(model, spec, tmp, precisions, tensorrt=cfg.trt)
+        write_graphs(model, spec, tmp, precisions, tensorrt=cfg.trt, prefill=prefill_weights(cfg))
         as_saved(tok).backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
         manifest = make_manifest(
             merged.loaded,
@@ -106,6 +106,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
             tcfg.max_answer_tokens,
             {"run": portable(cfg.run, out), "base": portable(tcfg.base, out), "lora": merged.lora},
             tensorrt=cfg.trt,
+            prefill=prefill_weights(cfg),
         )
         bundle.write_manifest(tmp, manifest)
         quantizers = dict(QUANTIZERS)
@@ -202,10 +203,15 @@ def seal(root: Path, manifest: bundle.Manifest) -> None:
 
 
 def write_graphs(
-    model: Any, spec: FamilySpec, root: Path, precisions: list[str], tensorrt: bool = False
+    model: Any,
+    spec: FamilySpec,
+    root: Path,
+    precisions: list[str],
+    tensorrt: bool = False,
+    prefill: dict[str, str] = PREFILL_WEIGHTS,
 ) -> None:
     export_graphs(model, spec, root, tensorrt)
-    quantize_graphs(spec, root, precisions, tensorrt)
+    quantize_graphs(spec, root, precisions, tensorrt, prefill)
 
 
 def export_graphs(model: Any, spec: FamilySpec, root: Path, tensorrt: bool = False) -> None:
@@ -217,11 +223,18 @@ def export_graphs(model: Any, spec: FamilySpec, root: Path, tensorrt: bool = Fal
             export_onnx.export_graph(model, spec, g.name, fp32 / f"{g.name}.onnx")
 
 
-def quantize_graphs(spec: FamilySpec, root: Path, precisions: list[str], tensorrt: bool = False) -> None:
+def quantize_graphs(
+    spec: FamilySpec,
+    root: Path,
+    precisions: list[str],
+    tensorrt: bool = False,
+    prefill: dict[str, str] = PREFILL_WEIGHTS,
+) -> None:
     """``root/<precision>`` from ``root/fp32`` for each precision quantized from fp32 alone (the
-    model is not needed: a caller short of memory may free it first)."""
+    model is not needed: a caller short of memory may free it first); ``prefill``: which
+    precision's prompts run with which one's weights (prefill_files)."""
     fp32 = root / "fp32"
-    prefills = prefill_files(spec, precisions)
+    prefills = prefill_files(spec, precisions, prefill)
     for p in precisions:
         if p == "fp32" or p not in QUANTIZERS:  # calibrated precisions need the bundle first
             continue
@@ -231,18 +244,25 @@ def quantize_graphs(spec: FamilySpec, root: Path, precisions: list[str], tensorr
                 QUANTIZERS[p](fp32 / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
             if prefills.get(p) == f"{p}/{PREFILL}.onnx":  # the bundle does not ship the other precision
                 src = fp32 / f"{spec.prefill.name}.onnx"
-                QUANTIZERS[PREFILL_WEIGHTS[p]](src, root / p / f"{PREFILL}.onnx")
+                QUANTIZERS[prefill[p]](src, root / p / f"{PREFILL}.onnx")
 
 
-def prefill_files(spec: FamilySpec, precisions: list[str]) -> dict[str, str]:
-    """Precision -> the bundle file its prompts run through (quantize.PREFILL_WEIGHTS): the step
-    graph of the precision whose weights it prefills with, shared when the bundle ships that
-    precision too (int4's prefill is int8's decoder_step, stored once), else a copy of its own."""
+def prefill_weights(cfg: ExportConfig) -> dict[str, str]:
+    """quantize.PREFILL_WEIGHTS, or none where ``--int4-prefill int4`` keeps int4 bundles in 4 bits."""
+    return PREFILL_WEIGHTS if cfg.int4_prefill == "int8" else {}
+
+
+def prefill_files(
+    spec: FamilySpec, precisions: list[str], prefill: dict[str, str] = PREFILL_WEIGHTS
+) -> dict[str, str]:
+    """Precision -> the bundle file its prompts run through (``prefill``: precision -> the one whose
+    weights it prefills with): that precision's step graph, shared when the bundle ships it too
+    (int4's prefill is int8's decoder_step, stored once), else a copy of its own."""
     if spec.prefill is None:
         return {}
     return {
         p: f"{q}/{spec.prefill.name}.onnx" if q in precisions else f"{p}/{PREFILL}.onnx"
-        for p, q in PREFILL_WEIGHTS.items()
+        for p, q in prefill.items()
         if p in precisions
     }
 
@@ -268,13 +288,14 @@ def make_manifest(
     max_answer_tokens: int,
     source: dict[str, Any],
     tensorrt: bool = False,
+    prefill: dict[str, str] = PREFILL_WEIGHTS,
 ) -> bundle.Manifest:
     graphs = spec.exported(tensorrt)
     parts = registry.side(spec.family, "export").manifest_parts
     text, decoder, family_config = parts(loaded, max_question_tokens, max_answer_tokens)
     io = {g.name: bundle.GraphIO(tuple(g.inputs), tuple(g.outputs)) for g in graphs}
     files = {p: {g.name: f"{p}/{g.name}.onnx" for g in graphs} for p in precisions}
-    for p, f in prefill_files(spec, precisions).items():
+    for p, f in prefill_files(spec, precisions, prefill).items():
         io[PREFILL] = io[spec.prefill.name]
         files[p][PREFILL] = f
     return bundle.Manifest(

@@ -5,6 +5,7 @@ the adapter merge, rank mode, the image cache, and what is refused."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,3 +346,32 @@ def test_an_int4_bundle_without_int8_holds_its_own_int8_prefill_copy(pg_bundle, 
     assert prefill_files(spec, ["fp32", "int8", "int4"]) == {"int4": "int8/decoder_step.onnx"}
     assert prefill_files(spec, ["fp32", "int8"]) == {}
     assert prefill_files(registry.get("blip-vqa"), ["int8", "int4"]) == {}  # no prompt prefill there
+    assert prefill_files(spec, ["fp32", "int8", "int4"], {}) == {}  # --int4-prefill int4
+
+
+def test_int4_prefill_int4_keeps_the_bundle_in_4_bits(pg_lora, tmp_path):
+    """`export --int4-prefill int4`: no int8 decoder in the bundle, prompts through the 4-bit one."""
+    from conftest import record_calls
+
+    from edgevqa.bundle import load_manifest
+    from edgevqa.config import ExportConfig
+    from edgevqa.data.records import load_split
+    from edgevqa.export import export
+    from edgevqa.export.merge import read_run
+    from edgevqa.runtime import VQAPipeline
+
+    out = tmp_path / "b"
+    cfg = ExportConfig(run=str(pg_lora), out=str(out), precisions=["int4"], int4_prefill="int4",
+                       validate_limit=4, force=True)  # fmt: skip
+    export(cfg, progress=False)
+    m = load_manifest(out)
+    assert set(m.precisions["int4"]) == {"vision_encoder", "embed_tokens", "decoder_step"}
+    assert "decoder_prefill" not in m.graphs and not (out / "int4" / "decoder_prefill.onnx").exists()
+    pipe = VQAPipeline.from_bundle(out, precision="int4")
+    calls = record_calls(pipe)
+    data = Path(read_run(pg_lora).data)
+    r = load_split(data, "test")[0]
+    pipe.teacher_forced(r.image_path(data), r.question, [5, 6])
+    assert [c[0] for c in calls if c[0].startswith("decoder")] == ["decoder_step", "decoder_step"]
+    with pytest.raises(InputError, match="--int4-prefill"):
+        ExportConfig(run="r", out="o", int4_prefill="int2")
