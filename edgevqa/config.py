@@ -160,7 +160,6 @@ class ExportConfig:
     """Bundle folder to write."""
     precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
     """Precisions to ship; the first is the bundle's default."""
-    opset: int = 17
     validate_limit: int = 200
     """Validation questions compared with PyTorch (0: all)."""
     min_agreement: float = 0.99
