@@ -109,6 +109,13 @@ class Manifest:
     def graph_path(self, bundle: str | Path, precision: str, graph: str) -> Path:
         return inside(Path(bundle), self.precisions[precision][graph])
 
+    def borrowed(self, bundle: str | Path, precision: str) -> list[Path]:
+        """The files ``precision`` runs from other precisions' folders (an int4 bundle's prompts:
+        int8's decoder_step), with their external weights (NAME.onnx.data) where they have them."""
+        rels = [f for f in self.precisions[precision].values() if not f.startswith(f"{precision}/")]
+        graphs = [inside(Path(bundle), f) for f in rels]
+        return [p for g in graphs for p in (g, Path(f"{g}.data")) if p.is_file()]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["graphs"] = {

@@ -98,10 +98,8 @@ def latency_stats(ms: list[float]) -> dict[str, float]:
 def precision_bytes(bundle: Path, precision: str) -> int:
     """Bytes of the files one precision runs from: its folder, and a graph it shares from another
     precision's (an int4 bundle's prompts run int8's decoder_step), with their external weights."""
-    m = load_manifest(bundle, verify=False)
     own = [f for f in (bundle / precision).iterdir() if f.is_file()]
-    shared = [bundle / f for f in m.precisions[precision].values() if not f.startswith(f"{precision}/")]
-    return dir_bytes(own + [p for f in shared for p in (f, Path(f"{f}.data")) if p.is_file()])
+    return dir_bytes(own + load_manifest(bundle, verify=False).borrowed(bundle, precision))
 
 
 def dir_bytes(paths: list[Path]) -> int:

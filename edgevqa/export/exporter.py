@@ -28,7 +28,7 @@ from edgevqa.config import ExportConfig, TrainConfig
 from edgevqa.data.records import VQARecord, load_split
 from edgevqa.errors import EdgeVQAError, InputError, ValidationError
 from edgevqa.eval.metrics import record_accuracy
-from edgevqa.export import merge, onnxfile, tensorrt, validate
+from edgevqa.export import merge, tensorrt, validate
 from edgevqa.export import onnx as export_onnx
 from edgevqa.export.fallback import quantized_share
 from edgevqa.export.quantize import PREFILL_WEIGHTS, QUANTIZERS
@@ -353,10 +353,10 @@ class Validator:
             total += len(ref)
         rep = {"graphs": graphs, **validate.compare_answers(self.ref, ids, texts, self.records)}
         if p not in tensorrt.SOURCES:  # engines are not ONNX graphs: their layers are TensorRT's
-            shared = [root / f for f in pipe.manifest.precisions[p].values() if not f.startswith(f"{p}/")]
-            shared += [onnxfile.data_file(f) for f in shared]  # their weights when over 2 GB
             graphs = [g.name for g in self.spec.graphs]
-            rep["quantized"] = quantized_share(root / "fp32", root / p, graphs, shared)
+            rep["quantized"] = quantized_share(
+                root / "fp32", root / p, graphs, pipe.manifest.borrowed(root, p)
+            )
         # PyTorch's answer fed back token by token: how often the graphs pick its next token
         rep["teacher_forced_top1"] = same / max(total, 1)
         log.info("%s: answer agreement with PyTorch %.4f", p, rep["answer_agreement"])
