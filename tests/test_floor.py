@@ -77,14 +77,18 @@ def test_measure_quantizes_each_graph_as_the_precision_does(bundle, tmp_path):
         return [1.0]
 
     uses = [floor.Use("question_encoder", 12, 1), floor.Use("decoder_step", 1, 2)]
+    labels = {}
     for p in ("fp32", "int8", "int4"):
-        floor.measure(bundle / "fp32", uses, p, tmp_path, timer=record)
+        r = floor.measure(bundle / "fp32", uses, p, tmp_path, timer=record)
+        labels[p] = [g["weights"] for g in r["by_graph"].values()]
     assert ops[("fp32", "decoder_step")] == {"MatMul"}
     assert (
         "MatMulInteger" in ops[("int8", "question_encoder")] and "MatMul" not in ops[("int8", "decoder_step")]
     )
     assert "MatMulInteger" in ops[("int4", "question_encoder")]
     assert ops[("int4", "decoder_step")] == {"MatMulNBits"}
+    # the report names the weights each graph was timed with: int4's encoders are int8
+    assert labels == {"fp32": ["fp32"] * 2, "int8": ["int8"] * 2, "int4": ["int8", "int4"]}
     with pytest.raises(ValueError, match="int8-static"):
         floor.measure(bundle / "fp32", uses, "int8-static", tmp_path, timer=record)
 

@@ -148,13 +148,13 @@ def measure(
     fastest of ``repeats`` runs (a bound from below should not carry the machine's noise; the
     median is kept beside it) times its calls per answer; ``ms`` is the sum."""
     from edgevqa.export import onnxfile
-    from edgevqa.export.quantize import PREFILL_WEIGHTS
+    from edgevqa.export.quantize import graph_weights
 
     log.info("matmul floor %s: timing the weight matmuls of %s", precision, ", ".join(u.graph for u in uses))
     work.mkdir(parents=True, exist_ok=True)
     by_graph, total = {}, 0.0
     for u in uses:
-        weights = PREFILL_WEIGHTS.get(precision, precision) if u.prefill else precision
+        weights = graph_weights(precision, u.graph, u.prefill)  # what the bundle's file holds
         quantize = quantizer(weights)
         dst = work / precision / f"{u.graph}.onnx"  # the quantizers choose by the graph's file name
         plain = work / precision / "fp32" / f"{u.graph}.onnx"

@@ -213,4 +213,15 @@ def quantize_int4(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
 # runs its prompts with the weights of this precision (spec.PREFILL) and its answer tokens with 4 bits.
 PREFILL_WEIGHTS = {"int4": "int8"}
 
+
+def graph_weights(precision: str, graph: str, prefill: bool = False) -> str:
+    """The weights ``precision``'s quantizer gives ``graph``: int4 bundles keep their encoders at
+    int8 (only DECODER_GRAPHS get 4 bits), and a prompt's prefill runs at PREFILL_WEIGHTS."""
+    if prefill:
+        return PREFILL_WEIGHTS.get(precision, precision)
+    if precision == "int4" and graph not in DECODER_GRAPHS:
+        return "int8"
+    return precision
+
+
 QUANTIZERS = {"int8": quantize_int8, "fp16": convert_fp16, "int4": quantize_int4}
