@@ -52,11 +52,12 @@ def test_bench_arch_fixed_length_answers(tmp_path):
         tmp_path / "arch",
         repeats=2,
         answer_tokens=4,
-        precisions=("fp32", "int8"),
+        precisions=("fp32", "int8", "int8-static"),
         compare=("torch-bf16",),
     )
     b = report["backends"]
-    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"}
+    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int8-static"}
+    assert b["onnx-int8-static"]["latency_ms"]["n"] == 2  # calibrated on the bench's own images
     assert b["torch-bf16"]["bytes"] == b["torch-fp32"]["bytes"]  # the same weights, bf16 autocast
     assert b["onnx-fp32"]["token_agreement"] == 1.0  # random weights, yet the same greedy tokens
     assert b["torch-fp32"]["speedup_vs_torch"] == 1.0
@@ -148,6 +149,14 @@ def test_comparison_rows_are_what_the_machine_runs():
     }
     assert set(comparisons(both, without)) == {"torch-bf16"}
     assert comparisons((), with_ov) == {}
+    # a bundle with Q/DQ graphs: OpenVINO runs them too, at f32 outside the int8 matmuls
+    static = comparisons(("openvino",), with_ov, ("fp32", "int8-static"))
+    assert static["openvino-int8-static"] == {
+        "precision": "int8-static",
+        "runtime_backend": "openvino",
+        "env": {"EDGEVQA_OPENVINO_PRECISION": "f32"},
+    }
+    assert "openvino-int8-static" not in comparisons(("openvino",), without, ("int8-static",))
 
 
 def test_reports_name_the_cpu_by_family_and_the_instruction_sets_that_pick_kernels():

@@ -177,16 +177,28 @@ def source(cfg: ExportConfig, data: str | None) -> tuple[TrainConfig, str, Path 
 
 
 def calibrated_int8(root: Path, spec: FamilySpec, cfg: ExportConfig, data: str) -> Any:
-    """Record every graph's inputs while the fp32 graphs answer calibration questions (the train
-    split of ``data``), then write the int8-static graphs; returns the quantizer for the fallback."""
-    from edgevqa.export.calibrate import record_feeds, static_int8
-
+    """The int8-static graphs, calibrated on ``cfg.calib_size`` questions of the train split of
+    ``data``; returns the quantizer for the fallback."""
     recs = load_split(data, "train")
     pick = np.random.default_rng(0).choice(len(recs), min(cfg.calib_size, len(recs)), replace=False)
-    feeds = record_feeds(root, [(recs[i].image_path(data), recs[i].question) for i in sorted(pick)])
-    quantize = static_int8(feeds, cfg.calib_method)
+    items = [(recs[i].image_path(data), recs[i].question) for i in sorted(pick)]
+    return static_int8_graphs(root, spec, items, cfg.calib_method, cfg.trt)
+
+
+def static_int8_graphs(
+    root: Path,
+    spec: FamilySpec,
+    items: list[tuple[Path, str]],
+    method: str = "minmax",
+    tensorrt: bool = False,
+) -> Any:
+    """Record every graph's inputs while the fp32 graphs in ``root`` (manifest written) answer
+    ``items`` (image, question), then write ``root/int8-static``; returns the quantizer."""
+    from edgevqa.export.calibrate import record_feeds, static_int8
+
+    quantize = static_int8(record_feeds(root, items), method)
     (root / "int8-static").mkdir()
-    for g in spec.exported(cfg.trt):
+    for g in spec.exported(tensorrt):
         quantize(root / "fp32" / f"{g.name}.onnx", root / "int8-static" / f"{g.name}.onnx")
     return quantize
 
