@@ -27,12 +27,12 @@ import importlib.util
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgevqa.bench import floor
 from edgevqa.bench.runner import cores_words, cpu_words, machine
 
 
@@ -50,13 +50,7 @@ def build(arch: str, work: Path, graph: str) -> tuple[Path, dict[str, np.ndarray
 
 
 def timed(run: Any, repeats: int) -> dict[str, float]:
-    for _ in range(2):
-        run()
-    ms = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        ms.append(1000 * (time.perf_counter() - t))
+    ms = floor.timed(run, repeats, warmup=2)
     return {"p50": float(np.median(ms)), "min": float(np.min(ms)), "n": repeats}
 
 
