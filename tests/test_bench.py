@@ -195,3 +195,31 @@ def test_reports_count_the_cores_the_run_could_use_not_the_machines(monkeypatch)
     assert (mach["cores"], mach["machine_cores"]) == (2, 16)
     assert runner.cores_words(mach) == "2 of its 16 cores"
     assert runner.cores_words({"cores": 2}) == "2 cores"
+
+
+def test_the_graph_engines_benchmark_runs_one_graph_in_every_engine(tmp_path):
+    """benchmarks/graph_engines.py on tiny-blip: the vision graph from the fp32, dynamic int8 and
+    int8-static files of one bundle, fed the input the fp32 bundle recorded; onnxruntime's fp32 is
+    the reference (difference 0), the quantized graphs differ a little; OpenVINO's rows where
+    OpenVINO is installed."""
+    import importlib.util
+
+    from conftest import benchmark_script
+
+    script = benchmark_script("graph_engines")
+    bundle, feed = script.build("tiny-blip", tmp_path, "vision_encoder")
+    assert {p.name for p in bundle.iterdir() if p.is_dir()} >= {"fp32", "int8", "int8-static"}
+    assert feed["pixel_values"].shape[0] == 1
+    rows = script.engines(bundle, "vision_encoder", feed, repeats=2, threads=1)
+    ort = ["onnxruntime fp32", "onnxruntime int8", "onnxruntime int8-static"]
+    assert list(rows)[:3] == ort
+    assert rows["onnxruntime fp32"]["rel_diff_vs_fp32"] == 0.0
+    for name in ort[1:]:
+        assert 0 < rows[name]["rel_diff_vs_fp32"] < 0.2
+    for r in rows.values():
+        assert r["n"] == 2 and 0 < r["min"] <= r["p50"]
+    has_ov = importlib.util.find_spec("openvino") is not None
+    assert any(n.startswith("openvino int8-static (f32") for n in rows) == has_ov
+    md = script.markdown({"arch": "tiny-blip", "graph": "vision_encoder", "threads": 1, "rows": rows,
+                          "machine": script.machine(), "openvino": None})  # fmt: skip
+    assert "| onnxruntime int8 |" in md and "1.00x" in md
