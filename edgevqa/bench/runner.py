@@ -486,7 +486,6 @@ def build_arch_bundle(
 ) -> tuple[Path, str]:
     """Random-weight model saved for PyTorch and exported for onnxruntime (same weights)."""
     import torch
-    from PIL import Image
 
     from edgevqa.export.exporter import make_manifest, quantize_graphs, seal
     from edgevqa.families import registry
@@ -510,9 +509,7 @@ def build_arch_bundle(
     # model, 8 GB still held when the quantizers started, which then ran out of memory)
     del model, loaded
     gc.collect()
-    rng = np.random.default_rng(0)
-    image = work / "image.png"
-    Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8), mode="L").save(image)
+    image = noise_image(work / "image.png", np.random.default_rng(0))
     # whole words of the tokenizer's own vocabulary: one token each (BLIP adds [CLS] and [SEP])
     question = " ".join([w for w in words * 4 if w.isalpha()][: question_tokens - 2])
     with atomic.directory(bundle, overwrite=True) as tmp:
@@ -525,21 +522,23 @@ def build_arch_bundle(
     return image, question
 
 
+def noise_image(path: Path, rng: np.random.Generator) -> Path:
+    """A 512 px grey image of uniform noise at ``path`` (random weights: as typical as any)."""
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8), mode="L").save(path)
+    return path
+
+
 def static_graphs(family: Any, root: Path, manifest: Any, work: Path, question: str, n: int = 8) -> None:
     """``root/int8-static``, calibrated as ``edgevqa export`` does, on ``n`` random images of the
     bench's kind asked the bench's question (random weights: any input is as typical as another)."""
-    from PIL import Image
-
     from edgevqa.bundle import write_manifest
     from edgevqa.export.exporter import static_int8_graphs
 
     rng = np.random.default_rng(1)
     (work / "calibration").mkdir(parents=True, exist_ok=True)
-    items = []
-    for i in range(n):
-        path = work / "calibration" / f"{i}.png"
-        Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8), mode="L").save(path)
-        items.append((path, question))
+    items = [(noise_image(work / "calibration" / f"{i}.png", rng), question) for i in range(n)]
     write_manifest(root, manifest)  # the fp32 graphs answer the calibration questions
     static_int8_graphs(root, family, items)
 

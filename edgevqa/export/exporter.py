@@ -96,7 +96,8 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
     spec = registry.get(tcfg.family)
     xfam = registry.side(tcfg.family, "export")
     with atomic.directory(out, overwrite=cfg.overwrite) as tmp:
-        write_graphs(model, spec, tmp, precisions, tensorrt=cfg.trt, prefill=prefill_weights(cfg))
+        prefill = prefill_weights(cfg)
+        write_graphs(model, spec, tmp, precisions, tensorrt=cfg.trt, prefill=prefill)
         as_saved(tok).backend_tokenizer.save(str(tmp / bundle.TOKENIZER))
         manifest = make_manifest(
             merged.loaded,
@@ -106,7 +107,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
             tcfg.max_answer_tokens,
             {"run": portable(cfg.run, out), "base": portable(tcfg.base, out), "lora": merged.lora},
             tensorrt=cfg.trt,
-            prefill=prefill_weights(cfg),
+            prefill=prefill,
         )
         bundle.write_manifest(tmp, manifest)
         quantizers = dict(QUANTIZERS)

@@ -185,7 +185,7 @@ def quantize_int4(src: Path, dst: Path, exclude: Sequence[str] = ()) -> Path:
     """Decoder graphs: 4-bit weight-only MatMulNBits (block 32, symmetric; accuracy_level 4 =
     int8 activations, the fast CPU kernel). Other graphs: as ``quantize_int8``. Lossier than
     int8: the fidelity gate decides whether it ships."""
-    if Path(src).stem not in DECODER_GRAPHS:
+    if graph_weights("int4", Path(src).stem) == "int8":  # an encoder: compute-bound, stays int8
         return quantize_int8(src, dst, exclude)
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
