@@ -33,8 +33,12 @@ from edgevqa.errors import BundleError
 
 # 2: the vision graph outputs the image's cross-attention keys/values (was: image embeddings)
 # 3: model families: text.eos_ids, family_config (a 2 is a BLIP bundle and still loads)
-SCHEMA_VERSION = 3
-READABLE_SCHEMAS = (2, 3)
+# 4: ``engines``: graphs of a precision that another engine than onnxruntime runs (a bundle without
+#    them is still written as 3, so that earlier runtimes keep reading it)
+SCHEMA_VERSION = 4
+READABLE_SCHEMAS = (2, 3, 4)
+# how a graph listed in ``Manifest.engines`` runs: OpenVINO's CPU plugin at f32 inference precision
+ENGINES = ("openvino-f32",)
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 FIDELITY = "fidelity.json"
@@ -104,6 +108,9 @@ class Manifest:
     # {"built_for": {gpu, compute_capability, tensorrt}, "source": ONNX precision, "profiles": ...}
     trt: dict[str, dict[str, Any]] = field(default_factory=dict)
     family_config: dict[str, Any] = field(default_factory=dict)  # what one family's runtime needs
+    # precision -> graph -> one of ENGINES, for the graphs onnxruntime does not run (int4+ov:
+    # {"vision_encoder": "openvino-f32"}); the fidelity gate validated them on that engine
+    engines: dict[str, dict[str, str]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def graph_path(self, bundle: str | Path, precision: str, graph: str) -> Path:
@@ -141,6 +148,7 @@ class Manifest:
                 versions=d.get("versions", {}),
                 trt=d.get("trt", {}),
                 family_config=d.get("family_config", {}),
+                engines=d.get("engines", {}),
                 schema_version=d["schema_version"],
             )
         except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -266,6 +274,16 @@ def check(m: Manifest) -> None:
     need(
         isinstance(m.family_config, dict) and isinstance(m.trt, dict), "family_config and trt must be objects"
     )
+    need(isinstance(m.engines, dict), "engines must map precisions to {graph: engine}")
+    for p, graphs in m.engines.items():
+        need(
+            p in m.precisions and isinstance(graphs, dict) and all(g in m.precisions[p] for g in graphs),
+            f"engines.{str(p)[:40]} must map graphs of precision {str(p)[:40]} to engines",
+        )
+        need(
+            all(e in ENGINES for e in graphs.values()),
+            f"engines.{p}: unknown engine in {sorted(map(str, graphs.values()))} (known: {', '.join(ENGINES)})",
+        )
 
 
 def check_graph(m: Manifest, name: str, graph: Any) -> None:

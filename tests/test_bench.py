@@ -55,8 +55,13 @@ def test_bench_arch_fixed_length_answers(tmp_path):
         precisions=("fp32", "int8", "int8-static"),
         compare=("torch-bf16",),
     )
+    from edgevqa.runtime.backends import probe
+
     b = report["backends"]
-    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int8-static"}
+    ov = probe().offers("openvino")  # the int8 path with OpenVINO's vision graph, where installed
+    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int8-static"} | (
+        {"onnx-int8+ov"} if ov else set()
+    )
     assert b["onnx-int8-static"]["latency_ms"]["n"] == 2  # calibrated on the bench's own images
     assert b["torch-bf16"]["bytes"] == b["torch-fp32"]["bytes"]  # the same weights, bf16 autocast
     assert b["onnx-fp32"]["token_agreement"] == 1.0  # random weights, yet the same greedy tokens
@@ -70,7 +75,10 @@ def test_bench_arch_fixed_length_answers(tmp_path):
         assert {"vision_ms", "question_ms", "decode_ms"} <= set(b[name]["stages_ms"])
         assert sum(b[name]["stages_ms"].values()) <= b[name]["latency_ms"]["p50"] * 1.5
     floors = report["matmul_floor"]  # the weight matmuls alone, per CPU precision
-    assert set(floors) == {"fp32", "int8"}
+    assert set(floors) == {"fp32", "int8"} | ({"int8+ov"} if ov else set())
+    if ov:  # the same weights as int8's bundle: its floor, not measured again
+        assert floors.pop("int8+ov") == {**floors["int8"], "same_as": "int8"}
+        assert b["onnx-int8+ov"]["token_agreement"] >= 0 and b["onnx-int8+ov"]["follow_up_ms"]["n"] == 2
     for f in floors.values():
         assert set(f["by_graph"]) == {"vision_encoder", "question_encoder", "decoder_step"}
         assert f["by_graph"]["decoder_step"]["calls"] == 4 and f["by_graph"]["vision_encoder"]["rows"] == 17

@@ -71,6 +71,15 @@ EDITS = {
     ),
     "unknown family": (setter("family", "llama"), "family 'llama' is not supported"),
     "other schema": (setter("schema_version", 99), "schema_version 99"),
+    "unknown graph engine": (
+        setter("engines", {"fp32": {"vision_encoder": "my-engine"}}),
+        "engines.fp32: unknown engine",
+    ),
+    "engine for an unknown precision": (
+        setter("engines", {"int9": {"vision_encoder": "openvino-f32"}}),
+        "engines.int9 must map graphs",
+    ),
+    "engines not an object": (setter("engines", ["openvino-f32"]), "engines must map"),
 }
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from edgevqa import atomic
 from edgevqa.bundle import load_manifest
+from edgevqa.config import OPENVINO_VISION
 from edgevqa.data.records import load_split
 from edgevqa.errors import InputError
 from edgevqa.eval.metrics import agreement, majority_baseline, record_accuracy
@@ -187,6 +188,10 @@ def targets(m: Any, machine: Any) -> dict[str, dict[str, str]]:
                 out[p] = {"precision": p, "runtime_backend": "trt-engine"}
             continue
         for b in ("cpu", "cuda", "tensorrt"):
+            if p in m.engines and b != "cpu":  # an OpenVINO path runs on the CPU only
+                continue
+            if p in m.engines and not machine.offers("openvino"):
+                break
             if b == "cpu" or machine.offers(b):
                 out[f"onnx-{p}" if b == "cpu" else f"{b}-{p}"] = {"precision": p, "runtime_backend": b}
     return out
@@ -339,8 +344,10 @@ def bench_arch(
     the ``compare`` rows this machine runs (``comparisons``)."""
     from edgevqa.data.synth import vocabulary
 
-    if "openvino" in compare and probe().offers("openvino") and "int8-static" not in precisions:
-        precisions = (*precisions, "int8-static")  # OpenVINO's int8 path reads Q/DQ graphs
+    if probe().offers("openvino"):  # edgevqa's OpenVINO paths of the precisions benched
+        precisions = (*precisions, *(p for p, base in OPENVINO_VISION.items() if base in precisions))
+        if "openvino" in compare and "int8-static" not in precisions:
+            precisions = (*precisions, "int8-static")  # OpenVINO's int8 path reads Q/DQ graphs
     out.mkdir(parents=True, exist_ok=True)
     # the random-weight model and its bundle (1-2 GB for blip-vqa-base) exist only for this run
     with tempfile.TemporaryDirectory(prefix=".arch-work-", dir=out) as tmp:
@@ -441,15 +448,20 @@ def arch_uses(arch: str, question_tokens: int, answer_tokens: int) -> list[Any]:
 def matmul_floors(
     fp32_dir: Path, uses: list[Any], precisions: tuple[str, ...], work: Path
 ) -> dict[str, dict[str, Any]]:
-    """floor.py for each CPU precision of a bundle (fp16 is for GPUs; calibrated int8 needs data)."""
+    """floor.py for each CPU precision of a bundle (fp16 is for GPUs; calibrated int8 needs data);
+    an OpenVINO path has its base's weights (int4+ov: int8 vision, int4 decoder): its base's floor."""
     from edgevqa.bench import floor
     from edgevqa.export.quantize import QUANTIZERS
 
-    return {
+    floors = {
         p: floor.measure(fp32_dir, uses, p, work)
         for p in precisions
         if p == "fp32" or (p in QUANTIZERS and p != "fp16")
     }
+    for p, base in OPENVINO_VISION.items():
+        if p in precisions and base in floors:
+            floors[p] = {**floors[base], "same_as": base}
+    return floors
 
 
 def export_in_child(family: str, model_dir: Path, root: Path) -> None:
@@ -516,8 +528,8 @@ def build_arch_bundle(
         export_in_child(family.family, model_dir, tmp)
         as_saved(tok).backend_tokenizer.save(str(tmp / "tokenizer.json"))
         quantize_graphs(family, tmp, list(precisions))
-        if "int8-static" in precisions:
-            static_graphs(family, tmp, manifest, work, question)
+        if static := [p for p in precisions if p == "int8-static" or p in OPENVINO_VISION]:
+            static_graphs(family, tmp, manifest, work, question, static)
         seal(tmp, manifest)
     return image, question
 
@@ -530,9 +542,12 @@ def noise_image(path: Path, rng: np.random.Generator) -> Path:
     return path
 
 
-def static_graphs(family: Any, root: Path, manifest: Any, work: Path, question: str, n: int = 8) -> None:
-    """``root/int8-static``, calibrated as ``edgevqa export`` does, on ``n`` random images of the
-    bench's kind asked the bench's question (random weights: any input is as typical as another)."""
+def static_graphs(
+    family: Any, root: Path, manifest: Any, work: Path, question: str, precisions: list[str], n: int = 8
+) -> None:
+    """The calibrated graphs of ``precisions`` (int8-static, the OpenVINO paths' vision graphs),
+    calibrated as ``edgevqa export`` does, on ``n`` random images of the bench's kind asked the
+    bench's question (random weights: any input is as typical as another)."""
     from edgevqa.bundle import write_manifest
     from edgevqa.export.exporter import static_int8_graphs
 
@@ -540,7 +555,7 @@ def static_graphs(family: Any, root: Path, manifest: Any, work: Path, question: 
     (work / "calibration").mkdir(parents=True, exist_ok=True)
     items = [(noise_image(work / "calibration" / f"{i}.png", rng), question) for i in range(n)]
     write_manifest(root, manifest)  # the fp32 graphs answer the calibration questions
-    static_int8_graphs(root, family, items)
+    static_int8_graphs(root, family, items, precisions=precisions)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,6 +89,8 @@ def ask(
     for q, ans in zip(questions, answers):
         if as_json:
             row = {"question": q, **ans.to_json(), "precision": pipe.precision, "backend": pipe.backend}
+            if engines := pipe.manifest.engines.get(pipe.precision):  # an OpenVINO path's vision graph
+                row["engines"] = engines
             if pipe.auto is not None:  # how --precision auto chose, on this machine
                 row["precision_auto"] = pipe.auto
             typer.echo(json.dumps(row))

@@ -31,7 +31,9 @@ def export(
         list[str],
         typer.Option(
             help="fp32, int8 (CPU), int4 (CPU: 4-bit decoder weights), fp16 (GPU), int8-static "
-            "(calibrated QDQ); repeat or comma-separate; the first is the default."
+            "(calibrated QDQ), int8+ov / int4+ov (CPU: int8 / int4 with the vision graph in "
+            "OpenVINO, calibrated; needs the openvino extra); repeat or comma-separate; the first "
+            "is the default."
         ),
     ] = ["fp32", "int8"],  # noqa: B006
     data: Annotated[Path | None, typer.Option(help="Dataset for validation (default: the run's).")] = None,

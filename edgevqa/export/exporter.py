@@ -4,7 +4,7 @@ Everything is written into a temporary folder that is renamed to ``--out`` only 
 passed, so a failed or refused export leaves nothing behind.
 
 Example:
-    >>> from edgevqa.config import ExportConfig, TrainConfig
+    >>> from edgevqa.config import OPENVINO_VISION, ExportConfig, TrainConfig
     >>> export(ExportConfig(run="runs/lora", out="bundle"))  # doctest: +SKIP
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgevqa import __version__, atomic, bundle
-from edgevqa.config import ExportConfig, TrainConfig
+from edgevqa.config import OPENVINO_VISION, ExportConfig, TrainConfig
 from edgevqa.data.records import VQARecord, load_split
 from edgevqa.errors import EdgeVQAError, InputError, ValidationError
 from edgevqa.eval.metrics import record_accuracy
@@ -73,6 +73,11 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
     built_for = tensorrt.device_info() if cfg.trt else None  # no GPU or TensorRT: fail before any work
     precisions = cfg.precisions
+    if (ov := [p for p in precisions if p in OPENVINO_VISION]) and not _has_openvino():
+        raise InputError(
+            f"--precision {', '.join(ov)} runs the vision graph with OpenVINO, which the export "
+            "validates: pip install 'edgevqa[openvino]'"
+        )
     tcfg, model_src, adapter = source(cfg, data)
     if cfg.trt and not registry.get(tcfg.family).tensorrt:
         raise InputError(
@@ -111,9 +116,10 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         )
         bundle.write_manifest(tmp, manifest)
         quantizers = dict(QUANTIZERS)
-        if "int8-static" in precisions:
+        if static := [p for p in precisions if p == "int8-static" or p in OPENVINO_VISION]:
             with step("calibrate"):
-                quantizers["int8-static"] = calibrated_int8(tmp, spec, cfg, cfg.calibrate or data)
+                quantize = calibrated_int8(tmp, spec, cfg, cfg.calibrate or data, static)
+                quantizers.update(dict.fromkeys(static, quantize))
         engines = None
         if built_for is not None:
             with step("tensorrt"):
@@ -177,13 +183,16 @@ def source(cfg: ExportConfig, data: str | None) -> tuple[TrainConfig, str, Path 
     return tcfg, base, adapter
 
 
-def calibrated_int8(root: Path, spec: FamilySpec, cfg: ExportConfig, data: str) -> Any:
-    """The int8-static graphs, calibrated on ``cfg.calib_size`` questions of the train split of
-    ``data``; returns the quantizer for the fallback."""
+def calibrated_int8(
+    root: Path, spec: FamilySpec, cfg: ExportConfig, data: str, precisions: list[str]
+) -> Any:
+    """The calibrated graphs of ``precisions`` (int8-static, the +ov paths' vision graphs),
+    calibrated on ``cfg.calib_size`` questions of the train split of ``data``; returns the
+    quantizer for the fallback."""
     recs = load_split(data, "train")
     pick = np.random.default_rng(0).choice(len(recs), min(cfg.calib_size, len(recs)), replace=False)
     items = [(recs[i].image_path(data), recs[i].question) for i in sorted(pick)]
-    return static_int8_graphs(root, spec, items, cfg.calib_method, cfg.trt)
+    return static_int8_graphs(root, spec, items, cfg.calib_method, cfg.trt, precisions)
 
 
 def static_int8_graphs(
@@ -192,16 +201,30 @@ def static_int8_graphs(
     items: list[tuple[Path, str]],
     method: str = "minmax",
     tensorrt: bool = False,
+    precisions: list[str] = ["int8-static"],  # noqa: B006 (read only)
 ) -> Any:
     """Record every graph's inputs while the fp32 graphs in ``root`` (manifest written) answer
-    ``items`` (image, question), then write ``root/int8-static``; returns the quantizer."""
+    ``items`` (image, question), then write ``root/int8-static`` (every graph) and each OpenVINO
+    path's own graphs (``root/int4+ov/vision_encoder.onnx``); returns the quantizer."""
     from edgevqa.export.calibrate import record_feeds, static_int8
 
     quantize = static_int8(record_feeds(root, items), method)
-    (root / "int8-static").mkdir()
-    for g in spec.exported(tensorrt):
-        quantize(root / "fp32" / f"{g.name}.onnx", root / "int8-static" / f"{g.name}.onnx")
+    for p in precisions:
+        (root / p).mkdir()
+        for g in spec.exported(tensorrt) if p == "int8-static" else openvino_graphs(spec):
+            quantize(root / "fp32" / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
     return quantize
+
+
+def openvino_graphs(spec: FamilySpec) -> tuple:
+    """The graphs an OpenVINO path (config.OPENVINO_VISION) runs in OpenVINO: the vision graph."""
+    return tuple(g for g in spec.graphs if g.role == "image")
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def seal(root: Path, manifest: bundle.Manifest) -> None:
@@ -311,6 +334,12 @@ def make_manifest(
     for p, f in prefill_files(spec, precisions, prefill).items():
         io[PREFILL] = io[spec.prefill.name]
         files[p][PREFILL] = f
+    engines = {}
+    for p in precisions:  # an OpenVINO path: its vision graph, and its base's other files
+        if base := OPENVINO_VISION.get(p):
+            own = {g.name: f"{p}/{g.name}.onnx" for g in openvino_graphs(spec)}
+            files[p] = {**files[base], **own}
+            engines[p] = dict.fromkeys(own, "openvino-f32")
     return bundle.Manifest(
         family=spec.family,
         image=loaded.image,
@@ -322,6 +351,8 @@ def make_manifest(
         source=source,
         versions=versions(),
         family_config=family_config,
+        engines=engines,
+        schema_version=bundle.SCHEMA_VERSION if engines else 3,  # schema-3 runtimes read the rest
     )
 
 
@@ -366,10 +397,9 @@ class Validator:
             total += len(ref)
         rep = {"graphs": graphs, **validate.compare_answers(self.ref, ids, texts, self.records)}
         if p not in tensorrt.SOURCES:  # engines are not ONNX graphs: their layers are TensorRT's
-            graphs = [g.name for g in self.spec.graphs]
-            rep["quantized"] = quantized_share(
-                root / "fp32", root / p, graphs, pipe.manifest.borrowed(root, p)
-            )
+            m = pipe.manifest
+            runs = {g.name: m.graph_path(root, p, g.name) for g in self.spec.graphs if g.name in m.precisions[p]}
+            rep["quantized"] = quantized_share(root / "fp32", root / p, runs, m.borrowed(root, p))
         # PyTorch's answer fed back token by token: how often the graphs pick its next token
         rep["teacher_forced_top1"] = same / max(total, 1)
         log.info("%s: answer agreement with PyTorch %.4f", p, rep["answer_agreement"])
@@ -394,9 +424,9 @@ def validate_bundle(
         "precisions": {},
     }
     fp32 = root / "fp32"
-    # a precision that prefills with another's graph (int4: int8's decoder_step) after that one,
-    # whose fallback may rewrite the graph they share
-    for p in sorted(precisions, key=lambda p: p in PREFILL_WEIGHTS):
+    # a precision that runs another's graph (int4 prefills with int8's decoder_step; int4+ov runs
+    # int4's text graphs) after that one, whose fallback may rewrite the graph they share
+    for p in sorted(precisions, key=lambda p: (p in OPENVINO_VISION, p in PREFILL_WEIGHTS)):
         rep = v.precision(root, p)
         if rep["answer_agreement"] < cfg.min_agreement and cfg.fallback:
             if p in quantizers:
@@ -469,7 +499,8 @@ def fallback_precision(
 
     fp32 = root / "fp32"
     errors = []
-    graphs = [g for g in v.spec.graphs if (fp32 / f"{g.name}.onnx").exists()]
+    # the graphs p has of its own (an OpenVINO path borrows all but its vision graph)
+    graphs = [g for g in v.spec.graphs if (fp32 / f"{g.name}.onnx").exists() and (measured / f"{g.name}.onnx").exists()]
     for g in graphs:
         feeds = [{k: t.numpy() for k, t in f.items()} for f in v.feeds[g.name]]
         errors += local_errors(g.name, fp32 / f"{g.name}.onnx", measured / f"{g.name}.onnx", feeds)

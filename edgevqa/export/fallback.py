@@ -131,14 +131,15 @@ def weight_matmuls(path: Path) -> set[str]:
 
 
 def quantized_share(
-    fp32_dir: Path, q_dir: Path, graphs: list[str], shared: Sequence[Path] = ()
+    fp32_dir: Path, q_dir: Path, graphs: dict[str, Path], shared: Sequence[Path] = ()
 ) -> dict[str, int]:
     """What a precision really is: how many of the fp32 graphs' weight MatMuls it no longer runs
-    as fp32 MatMuls (quantized, or fp16), out of how many, and its bytes on disk (with the
-    ``shared`` files it runs from another precision's folder: int4's prefill graph)."""
+    as fp32 MatMuls (quantized, or fp16), out of how many, and its bytes on disk: its folder
+    ``q_dir`` and the ``shared`` files it runs from another precision's folder (int4's prefill
+    graph; an OpenVINO path's text graphs). ``graphs``: graph name -> the file the precision runs."""
     quantized = total = 0
-    for g in graphs:
-        src, dst = fp32_dir / f"{g}.onnx", q_dir / f"{g}.onnx"
+    for g, dst in graphs.items():
+        src = fp32_dir / f"{g}.onnx"
         if src.exists() and dst.exists():
             mine = weight_matmuls(src)
             total += len(mine)

@@ -6,6 +6,10 @@ caches work unchanged. Its CPU plugin runs at its own default inference precisio
 with AMX or AVX-512 BF16, which changes the numbers (on this project's test bundles answers can
 differ from PyTorch's). So the backend is never chosen by ``--backend auto`` or ``--precision
 auto``; a user opts in, and ``EDGEVQA_OPENVINO_PRECISION=f32`` keeps fp32 numerics.
+
+The OpenVINO paths of a bundle (``int8+ov``, ``int4+ov``: ``Manifest.engines``) are different:
+one graph, validated by the export's gate on this engine at f32, runs here beside onnxruntime's
+sessions; ``--precision auto`` may choose them.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ def _ports(ports: Any) -> list[Port]:
 class OpenVinoGraph:
     """One ONNX graph compiled by OpenVINO for the CPU, run like an onnxruntime session."""
 
-    def __init__(self, path: Path, threads: int = 0):
+    def __init__(self, path: Path, threads: int = 0, hint: str = ""):
+        """``hint``: the inference precision (f32, bf16, f16); empty: $EDGEVQA_OPENVINO_PRECISION,
+        else OpenVINO's default on this CPU."""
         try:
             import openvino as ov
         except ImportError:
@@ -48,7 +54,7 @@ class OpenVinoGraph:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        if want := os.environ.get(PRECISION_ENV, ""):
+        if want := hint or os.environ.get(PRECISION_ENV, ""):
             if want not in ("f32", "bf16", "f16"):
                 raise InputError(f"{PRECISION_ENV} must be f32, bf16 or f16, got {want!r}")
             config["INFERENCE_PRECISION_HINT"] = want

@@ -372,6 +372,16 @@ def choose(m: Manifest, precision: str | None, backend: str, machine: backends.M
     if precision == "auto":  # the ONNX precisions, measured once the backend is known
         return "auto", backends.select(backend, machine, has_engines=False)
     precision = precision or m.default_precision
+    if precision in m.engines:  # an OpenVINO path: onnxruntime's CPU sessions and OpenVINO's CPU plugin
+        if backend not in ("auto", "cpu"):
+            raise InputError(f"precision {precision} runs on the CPU (onnxruntime and OpenVINO): use --backend cpu")
+        if not machine.offers("openvino"):
+            base = precision.split("+")[0]
+            raise InputError(
+                f"precision {precision} runs its vision graph with OpenVINO, not installed here: "
+                f"pip install 'edgevqa[openvino]', or --precision {base}"
+            )
+        return precision, "cpu"
     if precision in m.trt:
         if backend not in ("auto", "trt-engine"):
             raise InputError(
@@ -393,8 +403,13 @@ def _load_graph(
 ) -> Any:
     """One graph of ``precision`` as an onnxruntime session or a TensorRT engine."""
     path = m.graph_path(bundle, precision, name)
+    engine = m.engines.get(precision, {}).get(name)
     try:
-        if backend == "trt-engine":
+        if engine == "openvino-f32":  # the engine the gate validated this graph on
+            from edgevqa.runtime.openvino import OpenVinoGraph
+
+            graph = OpenVinoGraph(path, threads, hint="f32")
+        elif backend == "trt-engine":
             from edgevqa.runtime.trt import TrtGraph
 
             graph = TrtGraph(path)

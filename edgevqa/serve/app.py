@@ -286,6 +286,7 @@ def model_summary(pipeline: Any, settings: ServeSettings) -> dict:
         "precision": pipeline.precision,
         "precision_auto": getattr(pipeline, "auto", None),  # how --precision auto chose, if it did
         "backend": pipeline.backend,
+        "engines": m.engines.get(pipeline.precision, {}),  # graphs not run by `backend` (OpenVINO paths)
         "precisions": sorted(m.precisions),
         "image_size": [m.image.height, m.image.width],
         "max_answer_tokens": m.text.max_answer_tokens,
