@@ -34,12 +34,28 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/ARCH")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--answer-tokens", type=int, default=8)
-    ap.add_argument("--compare", default=",".join(COMPARE), help="torch-bf16,openvino (or '' for none)")
+    ap.add_argument(
+        "--compare",
+        default=",".join(COMPARE),
+        help="torch-bf16,openvino (or '' for none); single OpenVINO rows by name: openvino-fp32 "
+        "(its default precision), openvino-fp32-f32, openvino-int8-static",
+    )
+    ap.add_argument(
+        "--precisions",
+        default="fp32,int8,int4",
+        help="edgevqa's precisions (with OpenVINO installed, their +ov paths are added)",
+    )
     args = ap.parse_args()
     out = args.out or Path("benchmarks/results") / args.arch
     compare = tuple(c for c in args.compare.split(",") if c)
+    precisions = tuple(p for p in args.precisions.split(",") if p)
     report = bench_arch(
-        args.arch, out, repeats=args.repeats, answer_tokens=args.answer_tokens, compare=compare
+        args.arch,
+        out,
+        repeats=args.repeats,
+        answer_tokens=args.answer_tokens,
+        precisions=precisions,
+        compare=compare,
     )
     print(markdown_table(report))
     print(json.dumps(report, separators=(",", ":")))

@@ -282,7 +282,8 @@ def check(m: Manifest) -> None:
         )
         need(
             all(e in ENGINES for e in graphs.values()),
-            f"engines.{p}: unknown engine in {sorted(map(str, graphs.values()))} (known: {', '.join(ENGINES)})",
+            f"engines.{p}: unknown engine in {sorted(map(str, graphs.values()))} "
+            f"(known: {', '.join(ENGINES)})",
         )
 
 

@@ -199,7 +199,9 @@ class ExportConfig:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise InputError(f"`--precision` must be among {PRECISIONS}, got {self.precisions}")
-        if lone := [p for p in self.precisions if p in OPENVINO_VISION and OPENVINO_VISION[p] not in self.precisions]:
+        if lone := [
+            p for p in self.precisions if p in OPENVINO_VISION and OPENVINO_VISION[p] not in self.precisions
+        ]:
             need = ", ".join(f"{p} needs {OPENVINO_VISION[p]}" for p in lone)
             raise InputError(f"`--precision`: {need} in the list too (it runs that precision's text graphs)")
         if self.calib_method not in CALIB_METHODS:

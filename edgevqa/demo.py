@@ -7,7 +7,7 @@
               attention of the vision tower and the LM), as papers 003/004 chain them
    qformer:   tiny-qformer from scratch, then paper 001's stage 1 (captions) and stage 3 (VQA):
               LoRA on the LLM, the Q-Former and projection whole, the vision encoder frozen
-3. merge + export + validate (fp32, int8, int4)  -> WORKDIR/bundle
+3. merge + export + validate (fp32, int8, int4; int4+ov where OpenVINO is installed) -> WORKDIR/bundle
 4. answer one test question, torch-free           (the runtime)
 5. bench PyTorch vs ONNX on the test split        -> WORKDIR/report
 
@@ -67,11 +67,15 @@ def run(workdir: Path, fast: bool = False, family: str = "blip-vqa") -> str:
         log.info("[2/5] stage %d/%d (%s) done -> %s", i, len(stages), stage.name, previous)
     if not (bundle / "manifest.json").is_file():
         log.info("[3/5] export -> %s", bundle)
+        from edgevqa.runtime.backends import probe
+
+        # the int4 path with OpenVINO's vision graph, gated and benched as every precision is
+        ov = ["int4+ov"] if probe().offers("openvino") else []
         export(
             ExportConfig(
                 run=str(previous),
                 out=str(bundle),
-                precisions=["fp32", "int8", "int4"],
+                precisions=["fp32", "int8", "int4", *ov],
                 overwrite=True,
                 force=fast,
             )

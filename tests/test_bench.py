@@ -165,6 +165,8 @@ def test_comparison_rows_are_what_the_machine_runs():
         "env": {"EDGEVQA_OPENVINO_PRECISION": "f32"},
     }
     assert "openvino-int8-static" not in comparisons(("openvino",), without, ("int8-static",))
+    # one row by its name: OpenVINO at its default precision only (a short run on a borrowed machine)
+    assert set(comparisons(("openvino-fp32",), with_ov, ("fp32", "int8-static"))) == {"openvino-fp32"}
 
 
 def test_reports_name_the_cpu_by_family_and_the_instruction_sets_that_pick_kernels():

@@ -10,10 +10,12 @@ import pytest
 @pytest.mark.slow
 def test_demo_fast_runs_the_whole_loop(tmp_path):
     from edgevqa import demo
+    from edgevqa.runtime.backends import probe
 
     text = demo.run(tmp_path / "demo", fast=True)
     report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
-    assert set(report["backends"]) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+    ov = {"onnx-int4+ov"} if probe().offers("openvino") else set()  # OpenVINO's vision graph
+    assert set(report["backends"]) == {"torch-fp32", "onnx-fp32", "onnx-int8", "onnx-int4", *ov}
     assert report["backends"]["onnx-fp32"]["agreement"] == 1.0
     assert "onnx-int8" in text and "majority baseline" in text
     # a second run reuses every finished step

@@ -58,7 +58,9 @@ def test_the_path_borrows_its_base_graphs_and_is_gated_on_openvino(ov_bundle):
     # every graph it runs counts, borrowed ones too: the same weight MatMuls as fp32 has
     assert share["of"] == fp32["of"] and share["matmuls"] > 0
     own = sum(f.stat().st_size for f in (ov_bundle / "int8+ov").iterdir())
-    int8_text = sum((ov_bundle / "int8" / f).stat().st_size for f in ("question_encoder.onnx", "decoder_step.onnx"))
+    int8_text = sum(
+        (ov_bundle / "int8" / f).stat().st_size for f in ("question_encoder.onnx", "decoder_step.onnx")
+    )
     assert share["bytes"] == own + int8_text
     assert 0 <= fid["int8+ov"]["answer_agreement"] <= 1
 

@@ -209,17 +209,22 @@ def comparisons(
     CPUs with AMX or AVX-512 BF16) and at f32, with edgevqa's decode loop around it; where the
     bundle has int8-static (``precisions``), OpenVINO on those Q/DQ graphs too, at f32 (their
     matmuls run in int8 either way; the bf16 hint only slowed the rest: blip-vqa-base's vision
-    graph 161.4 vs 113.6 ms on a Xeon with AMX, 209.9 vs 211.6 ms on Zen 4)."""
+    graph 161.4 vs 113.6 ms on a Xeon with AMX, 209.9 vs 211.6 ms on Zen 4). ``compare`` names
+    "openvino" for all three, or single rows by their report names."""
     out: dict[str, dict[str, Any]] = {}
     if "torch-bf16" in compare:
         out["torch-bf16"] = {"autocast": "bf16"}
-    if "openvino" in compare and machine.offers("openvino"):
-        f32 = {"EDGEVQA_OPENVINO_PRECISION": "f32"}
-        out["openvino-fp32"] = {"precision": "fp32", "runtime_backend": "openvino"}
-        out["openvino-fp32-f32"] = {"precision": "fp32", "runtime_backend": "openvino", "env": f32}
-        if "int8-static" in precisions:
-            static = {"precision": "int8-static", "runtime_backend": "openvino", "env": f32}
-            out["openvino-int8-static"] = static
+    if not machine.offers("openvino"):
+        return out
+    f32 = {"EDGEVQA_OPENVINO_PRECISION": "f32"}
+    rows = {
+        "openvino-fp32": {"precision": "fp32", "runtime_backend": "openvino"},
+        "openvino-fp32-f32": {"precision": "fp32", "runtime_backend": "openvino", "env": f32},
+        "openvino-int8-static": {"precision": "int8-static", "runtime_backend": "openvino", "env": f32},
+    }
+    for name, row in rows.items():  # "openvino": all three; or one by its name
+        if ("openvino" in compare or name in compare) and row["precision"] in ("fp32", *precisions):
+            out[name] = row
     return out
 
 
@@ -346,7 +351,8 @@ def bench_arch(
 
     if probe().offers("openvino"):  # edgevqa's OpenVINO paths of the precisions benched
         precisions = (*precisions, *(p for p, base in OPENVINO_VISION.items() if base in precisions))
-        if "openvino" in compare and "int8-static" not in precisions:
+        wants_static = "openvino" in compare or "openvino-int8-static" in compare
+        if wants_static and "int8-static" not in precisions:
             precisions = (*precisions, "int8-static")  # OpenVINO's int8 path reads Q/DQ graphs
     out.mkdir(parents=True, exist_ok=True)
     # the random-weight model and its bundle (1-2 GB for blip-vqa-base) exist only for this run
@@ -636,7 +642,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                 )
                 answer = f"{p50:.1f} | {p50 / f['ms']:.2f}x" if p50 else "- | -"
                 most = f"{f['max_speedup_vs_torch']:.2f}x"
-                rows.append(f"| {p} | {f['ms']:.1f} | {most} | {answer} | {graphs} | {stages} |")
+                name = f"{p} (its weights are {f['same_as']}'s)" if "same_as" in f else p
+                rows.append(f"| {name} | {f['ms']:.1f} | {most} | {answer} | {graphs} | {stages} |")
         return "\n".join(rows)
     rows = [
         "| backend | overall | closed | open | agreement | p50 ms | p95 ms | cold start s | peak RSS MB | "

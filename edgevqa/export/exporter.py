@@ -183,9 +183,7 @@ def source(cfg: ExportConfig, data: str | None) -> tuple[TrainConfig, str, Path 
     return tcfg, base, adapter
 
 
-def calibrated_int8(
-    root: Path, spec: FamilySpec, cfg: ExportConfig, data: str, precisions: list[str]
-) -> Any:
+def calibrated_int8(root: Path, spec: FamilySpec, cfg: ExportConfig, data: str, precisions: list[str]) -> Any:
     """The calibrated graphs of ``precisions`` (int8-static, the +ov paths' vision graphs),
     calibrated on ``cfg.calib_size`` questions of the train split of ``data``; returns the
     quantizer for the fallback."""
@@ -209,10 +207,17 @@ def static_int8_graphs(
     from edgevqa.export.calibrate import record_feeds, static_int8
 
     quantize = static_int8(record_feeds(root, items), method)
+    done: dict[str, Path] = {}  # a graph calibrated once: the same file for every precision
     for p in precisions:
         (root / p).mkdir()
         for g in spec.exported(tensorrt) if p == "int8-static" else openvino_graphs(spec):
-            quantize(root / "fp32" / f"{g.name}.onnx", root / p / f"{g.name}.onnx")
+            dst = root / p / f"{g.name}.onnx"
+            if (src := done.get(g.name)) is None:
+                done[g.name] = quantize(root / "fp32" / f"{g.name}.onnx", dst)
+                continue
+            for f in (src, Path(f"{src}.data")):  # with its external weights, where it has them
+                if f.is_file():
+                    shutil.copyfile(f, dst.parent / f.name)
     return quantize
 
 
@@ -398,7 +403,9 @@ class Validator:
         rep = {"graphs": graphs, **validate.compare_answers(self.ref, ids, texts, self.records)}
         if p not in tensorrt.SOURCES:  # engines are not ONNX graphs: their layers are TensorRT's
             m = pipe.manifest
-            runs = {g.name: m.graph_path(root, p, g.name) for g in self.spec.graphs if g.name in m.precisions[p]}
+            runs = {
+                g.name: m.graph_path(root, p, g.name) for g in self.spec.graphs if g.name in m.precisions[p]
+            }
             rep["quantized"] = quantized_share(root / "fp32", root / p, runs, m.borrowed(root, p))
         # PyTorch's answer fed back token by token: how often the graphs pick its next token
         rep["teacher_forced_top1"] = same / max(total, 1)
@@ -500,7 +507,11 @@ def fallback_precision(
     fp32 = root / "fp32"
     errors = []
     # the graphs p has of its own (an OpenVINO path borrows all but its vision graph)
-    graphs = [g for g in v.spec.graphs if (fp32 / f"{g.name}.onnx").exists() and (measured / f"{g.name}.onnx").exists()]
+    graphs = [
+        g
+        for g in v.spec.graphs
+        if (fp32 / f"{g.name}.onnx").exists() and (measured / f"{g.name}.onnx").exists()
+    ]
     for g in graphs:
         feeds = [{k: t.numpy() for k, t in f.items()} for f in v.feeds[g.name]]
         errors += local_errors(g.name, fp32 / f"{g.name}.onnx", measured / f"{g.name}.onnx", feeds)

@@ -374,7 +374,9 @@ def choose(m: Manifest, precision: str | None, backend: str, machine: backends.M
     precision = precision or m.default_precision
     if precision in m.engines:  # an OpenVINO path: onnxruntime's CPU sessions and OpenVINO's CPU plugin
         if backend not in ("auto", "cpu"):
-            raise InputError(f"precision {precision} runs on the CPU (onnxruntime and OpenVINO): use --backend cpu")
+            raise InputError(
+                f"precision {precision} runs on the CPU (onnxruntime and OpenVINO): use --backend cpu"
+            )
         if not machine.offers("openvino"):
             base = precision.split("+")[0]
             raise InputError(
