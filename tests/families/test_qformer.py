@@ -518,6 +518,34 @@ def test_int4_runs_the_queries_and_the_question_on_int8s_decoder(qf_bundle, qf_d
     assert decoder == [("decoder_prefill", q), ("decoder_prefill", text), ("decoder_step", 1)]
 
 
+def test_the_openvino_path_runs_the_vision_graph_in_openvino_and_the_rest_as_int4(qf_bundle, qf_data):
+    """int4+ov: OpenVINO computes the image tokens (encoder, Q-Former, projection); the query
+    tokens' prefill, the question's and each answer token run exactly as int4 runs them."""
+    pytest.importorskip("openvino")
+    from conftest import record_calls
+
+    from edgevqa.data.records import load_split
+    from edgevqa.runtime import VQAPipeline
+    from edgevqa.runtime.openvino import OpenVinoGraph
+
+    r = load_split(qf_data, "test")[0]
+    path = r.image_path(qf_data)
+    ov = VQAPipeline.from_bundle(qf_bundle, precision="int4+ov")
+    int4 = VQAPipeline.from_bundle(qf_bundle, precision="int4")
+    assert isinstance(ov.sessions["vision_encoder"], OpenVinoGraph)
+    assert ov.manifest.precisions["int4+ov"]["decoder_prefill"] == "int8/decoder_step.onnx"
+    image = ov.encode_image(path).arrays[0]  # image tokens [1, queries, D], near int4's (int8) ones
+    ref = int4.encode_image(path).arrays[0]
+    assert image.shape == ref.shape and np.linalg.norm(image - ref) / np.linalg.norm(ref) < 0.2
+    calls = record_calls(ov)
+    ov.teacher_forced(path, r.question, [5, 6])
+    q = ov.manifest.family_config["num_image_tokens"]
+    text = ov.question_ids(r.question).shape[1] - q
+    decoder = [c for c in calls if c[0].startswith("decoder")]
+    assert decoder == [("decoder_prefill", text), ("decoder_step", 1)]  # the image's prefix is cached
+    assert ov.ask(path, "is there a lesion?").image_cached
+
+
 def test_the_prefill_weights_benchmark_times_each_decoder_use_at_both_precisions(tmp_path, monkeypatch):
     """benchmarks/prefill_weights.py on the tiny preset: the queries' and the question's prefill and
     the steps, at int8 and int4; an answer's decoder time is each use's p50 times its calls, the
