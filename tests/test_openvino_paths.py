@@ -124,3 +124,24 @@ def test_auto_never_times_int8_static_on_the_cpu(bundle, tmp_path):
 def test_a_bundle_without_engines_stays_readable_by_schema_3_runtimes(bundle):
     raw = json.loads((bundle / "manifest.json").read_text())
     assert raw["schema_version"] == 3 and raw["engines"] == {}
+
+
+def test_the_path_answers_from_the_command_line_without_torch(ov_bundle, synth_data):
+    """The torch-free runtime with OpenVINO beside onnxruntime: ``ask --json`` names the engine."""
+    import subprocess
+
+    from conftest import edgevqa_cmd
+
+    r = load_split(synth_data, "test")[0]
+    args = ["ask", str(r.image_path(synth_data)), r.question, "--model", str(ov_bundle)]
+    p = subprocess.run(
+        edgevqa_cmd(*args, "--precision", "int8+ov", "--json", block_torch=True),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["precision"] == "int8+ov" and out["engines"] == {"vision_encoder": "openvino-f32"}
+    ref = VQAPipeline.from_bundle(ov_bundle, precision="int8+ov").ask(r.image_path(synth_data), r.question)
+    assert out["token_ids"] == ref.token_ids
