@@ -145,3 +145,36 @@ def test_the_path_answers_from_the_command_line_without_torch(ov_bundle, synth_d
     assert out["precision"] == "int8+ov" and out["engines"] == {"vision_encoder": "openvino-f32"}
     ref = VQAPipeline.from_bundle(ov_bundle, precision="int8+ov").ask(r.image_path(synth_data), r.question)
     assert out["token_ids"] == ref.token_ids
+
+
+def test_openvino_keeps_its_compiled_graph_in_a_private_cache_and_refuses_a_shared_one(
+    ov_bundle, synth_data, tmp_path, monkeypatch
+):
+    import os
+    import stat
+
+    from edgevqa.runtime import optcache
+
+    monkeypatch.setenv("EDGEVQA_CACHE_DIR", str(tmp_path / "cache"))
+    r = load_split(synth_data, "test")[0]
+    image = r.image_path(synth_data)
+    first = VQAPipeline.from_bundle(ov_bundle, precision="int8+ov").ask(image, r.question)
+    folders = list((tmp_path / "cache" / "openvino").iterdir())
+    assert len(folders) == 1 and any(f.suffix == ".blob" for f in folders[0].iterdir())
+    assert stat.S_IMODE(folders[0].stat().st_mode) == 0o700
+    again = VQAPipeline.from_bundle(ov_bundle, precision="int8+ov").ask(image, r.question)
+    assert again.token_ids == first.token_ids  # started from the cached compiled graph
+    # unverified graphs never use it; a folder others can write is not used (OpenVINO would load
+    # what it finds there as it is)
+    m = load_manifest(ov_bundle)
+    assert optcache.openvino_cache_dir(None) is None
+    sha = m.files[m.precisions["int8+ov"]["vision_encoder"]]["sha256"]
+    assert optcache.openvino_cache_dir(sha) == folders[0]
+    os.chmod(folders[0], 0o777)
+    assert optcache.openvino_cache_dir(sha) is None
+    os.chmod(folders[0], 0o700)
+    for f in folders[0].iterdir():  # a corrupt blob: dropped, compiled afresh, same answer
+        f.write_bytes(b"not a compiled model")
+    assert VQAPipeline.from_bundle(ov_bundle, precision="int8+ov").ask(image, r.question).token_ids == (
+        first.token_ids
+    )

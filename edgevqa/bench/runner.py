@@ -577,7 +577,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 def first_start_what(name: str) -> str:
     """What a backend's first start on a machine does beyond a later one."""
     if name.startswith("openvino"):
-        return "compiles its graphs, as every start does"
+        return "compiles its graphs into its cache"
     return "builds its optimized-graph cache"
 
 

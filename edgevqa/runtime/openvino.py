@@ -14,7 +14,9 @@ sessions; ``--precision auto`` may choose them.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import numpy as np
 
 from edgevqa.errors import InputError
 
+log = logging.getLogger("edgevqa.runtime")
 PRECISION_ENV = "EDGEVQA_OPENVINO_PRECISION"  # f32, bf16 or f16; unset: OpenVINO's default here
 
 
@@ -43,9 +46,10 @@ def _ports(ports: Any) -> list[Port]:
 class OpenVinoGraph:
     """One ONNX graph compiled by OpenVINO for the CPU, run like an onnxruntime session."""
 
-    def __init__(self, path: Path, threads: int = 0, hint: str = ""):
+    def __init__(self, path: Path, threads: int = 0, hint: str = "", cache_dir: Path | None = None):
         """``hint``: the inference precision (f32, bf16, f16); empty: $EDGEVQA_OPENVINO_PRECISION,
-        else OpenVINO's default on this CPU."""
+        else OpenVINO's default on this CPU. ``cache_dir``: OpenVINO's compiled-model cache for
+        this graph (optcache.openvino_cache_dir: trusted, keyed by the verified graph)."""
         try:
             import openvino as ov
         except ImportError:
@@ -58,7 +62,17 @@ class OpenVinoGraph:
             if want not in ("f32", "bf16", "f16"):
                 raise InputError(f"{PRECISION_ENV} must be f32, bf16 or f16, got {want!r}")
             config["INFERENCE_PRECISION_HINT"] = want
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        try:
+            self.compiled = core.compile_model(
+                str(path), "CPU", {**config, **({"CACHE_DIR": str(cache_dir)} if cache_dir else {})}
+            )
+        except Exception as e:
+            if cache_dir is None:
+                raise
+            # an unreadable cached blob (disk trouble, another build): drop it, compile afresh
+            log.warning("OpenVINO cache %s does not load (%s); compiling without it", cache_dir, e)
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            self.compiled = core.compile_model(str(path), "CPU", config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # "f32", "bf16"
         self.request = self.compiled.create_infer_request()

@@ -406,22 +406,19 @@ def _load_graph(
     """One graph of ``precision`` as an onnxruntime session or a TensorRT engine."""
     path = m.graph_path(bundle, precision, name)
     engine = m.engines.get(precision, {}).get(name)
+    # only a verified graph goes through the machine-local caches (optcache.py)
+    sha = m.files.get(m.precisions[precision][name], {}).get("sha256") if verify else None
     try:
-        if engine == "openvino-f32":  # the engine the gate validated this graph on
+        if engine == "openvino-f32" or backend == "openvino":
             from edgevqa.runtime.openvino import OpenVinoGraph
 
-            graph = OpenVinoGraph(path, threads, hint="f32")
+            hint = "f32" if engine else ""  # an OpenVINO path: the precision the gate validated
+            graph = OpenVinoGraph(path, threads, hint=hint, cache_dir=optcache.openvino_cache_dir(sha))
         elif backend == "trt-engine":
             from edgevqa.runtime.trt import TrtGraph
 
             graph = TrtGraph(path)
-        elif backend == "openvino":
-            from edgevqa.runtime.openvino import OpenVinoGraph
-
-            graph = OpenVinoGraph(path, threads)
         else:
-            # only a verified graph goes through the optimized-graph cache (CPU only)
-            sha = m.files.get(m.precisions[precision][name], {}).get("sha256") if verify else None
             engines = optcache.engine_cache_dir(sha) if backend == "tensorrt" else None
             provs = backends.providers(backend, cache_dir=engines, fp16=precision == "fp16")
             graph = make_session(
