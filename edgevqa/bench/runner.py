@@ -187,11 +187,11 @@ def targets(m: Any, machine: Any) -> dict[str, dict[str, str]]:
             if rb.engine_mismatch(m.trt[p]["built_for"], machine) is None:  # also: no GPU or TensorRT
                 out[p] = {"precision": p, "runtime_backend": "trt-engine"}
             continue
+        if p in m.engines:  # an OpenVINO path: the CPU, with OpenVINO installed
+            if machine.offers("openvino"):
+                out[f"onnx-{p}"] = {"precision": p, "runtime_backend": "cpu"}
+            continue
         for b in ("cpu", "cuda", "tensorrt"):
-            if p in m.engines and b != "cpu":  # an OpenVINO path runs on the CPU only
-                continue
-            if p in m.engines and not machine.offers("openvino"):
-                break
             if b == "cpu" or machine.offers(b):
                 out[f"onnx-{p}" if b == "cpu" else f"{b}-{p}"] = {"precision": p, "runtime_backend": b}
     return out

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from edgevqa.export.fallback import quantized_share
 from edgevqa.export.quantize import PREFILL_WEIGHTS, QUANTIZERS
 from edgevqa.families import registry
 from edgevqa.families.spec import PREFILL, FamilySpec
+from edgevqa.runtime.backends import probe
 from edgevqa.train.base import Loaded
 from edgevqa.train.data import ImageCache
 from edgevqa.train.tokenizer import as_saved
@@ -73,7 +74,7 @@ def export(cfg: ExportConfig, data: str | None = None, progress: bool = True) ->
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
     built_for = tensorrt.device_info() if cfg.trt else None  # no GPU or TensorRT: fail before any work
     precisions = cfg.precisions
-    if (ov := [p for p in precisions if p in OPENVINO_VISION]) and not _has_openvino():
+    if (ov := [p for p in precisions if p in OPENVINO_VISION]) and not probe().offers("openvino"):
         raise InputError(
             f"--precision {', '.join(ov)} runs the vision graph with OpenVINO, which the export "
             "validates: pip install 'edgevqa[openvino]'"
@@ -199,7 +200,7 @@ def static_int8_graphs(
     items: list[tuple[Path, str]],
     method: str = "minmax",
     tensorrt: bool = False,
-    precisions: list[str] = ["int8-static"],  # noqa: B006 (read only)
+    precisions: Sequence[str] = ("int8-static",),
 ) -> Any:
     """Record every graph's inputs while the fp32 graphs in ``root`` (manifest written) answer
     ``items`` (image, question), then write ``root/int8-static`` (every graph) and each OpenVINO
@@ -224,12 +225,6 @@ def static_int8_graphs(
 def openvino_graphs(spec: FamilySpec) -> tuple:
     """The graphs an OpenVINO path (config.OPENVINO_VISION) runs in OpenVINO: the vision graph."""
     return tuple(g for g in spec.graphs if g.role == "image")
-
-
-def _has_openvino() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
 
 
 def seal(root: Path, manifest: bundle.Manifest) -> None:

@@ -67,19 +67,13 @@ def candidates(bundle: Path, m: Manifest, backend: str) -> list[str]:
 def cache_key(bundle: Path, backend: str, threads: int) -> str:
     """What the choice depends on: the bundle (its manifest's bytes), this CPU, the backend and
     threads, and the versions of edgevqa, onnxruntime and OpenVINO (installed or not)."""
-    import importlib.metadata as md
-
     import onnxruntime as ort
 
     from edgevqa.runtime import optcache
 
-    try:
-        openvino = md.version("openvino")
-    except md.PackageNotFoundError:
-        openvino = "none"
     manifest = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
-    parts = [manifest, optcache.cpu_id(), backend, str(threads), __version__, ort.__version__, openvino]
-    raw = "|".join(parts)
+    parts = [manifest, optcache.cpu_id(), backend, str(threads), __version__, ort.__version__]
+    raw = "|".join([*parts, optcache.openvino_version()])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

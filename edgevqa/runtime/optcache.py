@@ -139,22 +139,27 @@ def engine_cache_dir(graph_sha256: str | None) -> Path | None:
     return where if trusted(where) else None
 
 
+def openvino_version() -> str:
+    """The installed OpenVINO's version ("none" without it), without importing it: part of the keys
+    of what depends on it."""
+    import importlib.metadata as md
+
+    try:
+        return md.version("openvino")
+    except md.PackageNotFoundError:
+        return "none"
+
+
 def openvino_cache_dir(graph_sha256: str | None) -> Path | None:
     """Where OpenVINO keeps the compiled form of one verified graph (its ``CACHE_DIR``: a start
     then imports it instead of compiling, blip-vqa-base's int8 vision graph 0.2 instead of 1.1 s).
     OpenVINO loads what it finds there as it is, so the folder and every file in it must be trusted
     like the optimized graphs; keyed by the graph's sha256, this CPU and OpenVINO's version. None
     without a verified graph, with the cache off, or where it is not trusted."""
-    import importlib.metadata as md
-
     root = cache_root()
     if graph_sha256 is None or root is None or not usable_root(root):
         return None
-    try:
-        version = md.version("openvino")
-    except md.PackageNotFoundError:
-        version = "?"
-    key = hashlib.sha256("|".join([graph_sha256, version, cpu_id()]).encode()).hexdigest()[:32]
+    key = hashlib.sha256("|".join([graph_sha256, openvino_version(), cpu_id()]).encode()).hexdigest()[:32]
     where = root / "openvino" / key
     try:
         where.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgevqa.bundle import TOKENIZER, Manifest, check_graph, load_manifest, verify_files
+from edgevqa.config import OPENVINO_VISION
 from edgevqa.errors import BundleError, InputError
 from edgevqa.families import registry
 from edgevqa.runtime import backends, optcache
@@ -378,10 +379,9 @@ def choose(m: Manifest, precision: str | None, backend: str, machine: backends.M
                 f"precision {precision} runs on the CPU (onnxruntime and OpenVINO): use --backend cpu"
             )
         if not machine.offers("openvino"):
-            base = precision.split("+")[0]
             raise InputError(
                 f"precision {precision} runs its vision graph with OpenVINO, not installed here: "
-                f"pip install 'edgevqa[openvino]', or --precision {base}"
+                f"pip install 'edgevqa[openvino]', or --precision {OPENVINO_VISION.get(precision, 'int8')}"
             )
         return precision, "cpu"
     if precision in m.trt:
