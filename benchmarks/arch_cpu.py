@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument(
         "--precisions",
         default="fp32,int8,int4",
-        help="edgevqa's precisions (with OpenVINO installed, their +ov paths are added)",
+        help="edgevqa's precisions (fp32 always: the floors and calibration read its graphs; with "
+        "OpenVINO installed, their +ov paths are added)",
     )
     args = ap.parse_args()
     out = args.out or Path("benchmarks/results") / args.arch

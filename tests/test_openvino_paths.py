@@ -178,3 +178,27 @@ def test_openvino_keeps_its_compiled_graph_in_a_private_cache_and_refuses_a_shar
     assert VQAPipeline.from_bundle(ov_bundle, precision="int8+ov").ask(image, r.question).token_ids == (
         first.token_ids
     )
+
+
+def test_an_openvino_graph_hands_back_arrays_of_its_own(tmp_path):
+    """OpenVinoGraph returns OpenVINO's output copies as they are (no second copy of BLIP's 42 MB
+    image keys/values per image): a later run must not change what an earlier one returned, as
+    the image cache keeps those arrays."""
+    pytest.importorskip("openvino")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgevqa.runtime.openvino import OpenVinoGraph
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], "double", [x], [y], [two])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+    g = OpenVinoGraph(tmp_path / "g.onnx", threads=1, hint="f32")
+    first_in = np.ones((2, 3), np.float32)
+    (first,) = g.run(None, {"x": first_in})
+    first_in[:] = 7  # the caller's input changing after the run changes nothing returned
+    (second,) = g.run(["y"], {"x": np.full((2, 3), 5, np.float32)})
+    assert first.tolist() == [[2.0] * 3] * 2 and second.tolist() == [[10.0] * 3] * 2
+    assert first.flags.owndata and first.flags.writeable

@@ -349,6 +349,8 @@ def bench_arch(
     the ``compare`` rows this machine runs (``comparisons``)."""
     from edgevqa.data.synth import vocabulary
 
+    if "fp32" not in precisions:  # the floors and the static quantizers' calibration read its graphs
+        precisions = ("fp32", *precisions)
     if probe().offers("openvino"):  # edgevqa's OpenVINO paths of the precisions benched
         precisions = (*precisions, *(p for p, base in OPENVINO_VISION.items() if base in precisions))
         wants_static = "openvino" in compare or "openvino-int8-static" in compare
