@@ -70,7 +70,10 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 # The base's budget is what the lesion's side needs: at 4000 steps (lr 1e-3 or 5e-4) it stayed at
 # chance although a linear probe reads it from what the LM receives (84.8% at 5e-4,
 # benchmarks/qformer_probe.py); at 6000 steps and 5e-4 it is learned (the base's test: side 91.5%
-# closed / 88.0% open; AMD EPYC Zen 3, README "The Q-Former family")
+# closed / 88.0% open; AMD EPYC Zen 3, README "The Q-Former family"). Tried at 3000 steps (lr 5e-4,
+# Zen 4, 2026-12-04), none learned the side (val at chance): the Q-Former's dropout off, 2 key-value
+# heads in the LM, 16 queries, the captions mixed into the VQA set. Steps cost what they cost:
+# torch.compile 66 vs 72 ms a step after 119 s of compiling; batch 64 costs 1.67x batch 32.
 DEMO_STAGES = (
     Stage("base", base="tiny-qformer", steps=6000, fast_steps=40, lr=5e-4, warmup=300),
     Stage("caption", recipe="qformer-caption", steps=150, fast_steps=10, lr=3e-4, warmup=0),
