@@ -86,8 +86,8 @@ def preprocess(image: Image.Image, spec: ImageSpec) -> np.ndarray:
     # a uint8 band has 256 values: each is looked up in a table made with HF's own operations
     lut = value_table(spec)
     out = np.empty((1, 3, spec.height, spec.width), dtype=np.float32)
-    for c in range(3):
-        np.take(lut[c], bands[c], out=out[0, c])
+    for c in range(3):  # uint8 indices never leave the table: "clip" is exact, and 6x faster than
+        np.take(lut[c], bands[c], out=out[0, c], mode="clip")  # "raise", which buffers the result
     return out
 
 
