@@ -259,14 +259,13 @@ def qf_vqa(tmp_path_factory, qf_data, qf_caption) -> Path:
 @pytest.fixture(scope="session")
 def qf_bundle(tmp_path_factory, qf_vqa) -> Path:
     """The stage-3 run exported with every CPU precision (its adapter merged into stage 1's model)."""
-    import importlib.util
-
     from edgevqa.config import ExportConfig
     from edgevqa.export import export
+    from edgevqa.runtime.backends import probe
 
     out = tmp_path_factory.mktemp("qf-bundles") / "bundle"
     # and the int4 path with OpenVINO's vision graph (encoder + Q-Former + projection), where installed
-    ov = ["int4+ov"] if importlib.util.find_spec("openvino") else []
+    ov = ["int4+ov"] if probe().offers("openvino") else []
     cfg = ExportConfig(
         run=str(qf_vqa),
         out=str(out),

@@ -4,7 +4,7 @@ Everything is written into a temporary folder that is renamed to ``--out`` only 
 passed, so a failed or refused export leaves nothing behind.
 
 Example:
-    >>> from edgevqa.config import OPENVINO_VISION, ExportConfig, TrainConfig
+    >>> from edgevqa.config import ExportConfig, TrainConfig
     >>> export(ExportConfig(run="runs/lora", out="bundle"))  # doctest: +SKIP
 """
 
